@@ -1,0 +1,64 @@
+"""Pieces every converter shares: fusing q/k/v, mapping BERT-style layers, writing the result."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..checkpoint import check_state_dict, save_pretrained
+from ..clip import CLIP
+from ..config import CLIPConfig
+from ..errors import CheckpointError
+from ..tokenizer import Tokenizer
+
+
+def fuse_qkv(weights: Mapping[str, torch.Tensor], query: str, key: str, value: str, suffix: str) -> torch.Tensor:
+    """Concatenate separate q, k, v tensors (``{query}.{suffix}`` ...) into one fused tensor."""
+    return torch.cat([weights[f"{name}.{suffix}"] for name in (query, key, value)], dim=0)
+
+
+def take(weights: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    try:
+        return weights[name]
+    except KeyError:
+        raise CheckpointError(f"source weights lack {name!r}") from None
+
+
+def build_checkpoint(config: CLIPConfig, state_dict: dict[str, torch.Tensor], vocab_path: str | Path,
+                     out_dir: str | Path, source: str, dtype: torch.dtype | None = None) -> Path:
+    """Check the mapped weights against the config, load them strictly, and save the directory."""
+    tokenizer = Tokenizer(vocab_path, config.text.context_length, config.text.vocab_size)
+    with torch.device("meta"):
+        clip = CLIP(config)
+    check_state_dict(clip, state_dict, source)
+    clip.load_state_dict(state_dict, strict=True, assign=True)
+    return save_pretrained(clip.float(), tokenizer, out_dir, dtype=dtype)
+
+
+def encoder_layer_from_bert(weights: Mapping[str, torch.Tensor], source: str, target: str,
+                            attention_norm: str, output_norm: str, attention: str = "attention.self",
+                            attention_output: str = "attention.output.dense") -> dict[str, torch.Tensor]:
+    """Map one BERT-style layer (``source`` prefix) onto an ``nn.TransformerEncoderLayer`` (``target``).
+
+    ``attention_norm``/``output_norm`` name the two LayerNorms relative to ``source``: BERT's
+    post-LN layers call them ``attention.output.LayerNorm`` / ``output.LayerNorm``, FLAVA's pre-LN
+    layers ``layernorm_before`` / ``layernorm_after``. Either way the first becomes ``norm1``.
+    """
+    s = source
+    qkv = [f"{s}.{attention}.{n}" for n in ("query", "key", "value")]
+    mapped = {
+        f"{target}.self_attn.in_proj_weight": fuse_qkv(weights, *qkv, "weight"),
+        f"{target}.self_attn.in_proj_bias": fuse_qkv(weights, *qkv, "bias"),
+    }
+    renames = {
+        f"self_attn.out_proj": f"{attention_output}",
+        "norm1": attention_norm,
+        "linear1": "intermediate.dense",
+        "linear2": "output.dense",
+        "norm2": output_norm,
+    }
+    for ours, theirs in renames.items():
+        for parameter in ("weight", "bias"):
+            mapped[f"{target}.{ours}.{parameter}"] = take(weights, f"{s}.{theirs}.{parameter}")
+    return mapped

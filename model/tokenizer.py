@@ -1,0 +1,69 @@
+"""BERT-style uncased WordPiece tokenizer over the ``tokenizers`` library.
+
+``[CLS] tokens [SEP]``, ``[PAD]`` = 0, lower-cased and accent-stripped like bert-base-uncased.
+Texts longer than ``context_length`` are truncated (never an error); a batch is padded to its
+longest member. Returns ``(ids, mask)``: LongTensor (N, L) and BoolTensor (N, L).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer as _RustTokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from .errors import TokenizerError
+
+VOCAB_FILE = "vocab.txt"
+REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+
+
+class Tokenizer:
+    def __init__(self, vocab_path: str | Path, context_length: int, vocab_size: int | None = None):
+        self.vocab_path = Path(vocab_path)
+        if not self.vocab_path.is_file():
+            raise TokenizerError(f"vocabulary file not found: {self.vocab_path}")
+        try:
+            wordpiece = BertWordPieceTokenizer(str(self.vocab_path), lowercase=True)
+        except Exception as error:  # the Rust side raises plain Exceptions for unreadable files
+            raise TokenizerError(f"cannot read vocabulary {self.vocab_path}: {error}") from error
+        self._check_vocabulary(wordpiece, vocab_size)
+        self.context_length = context_length
+        self._tokenizer: _RustTokenizer = wordpiece._tokenizer
+        self._tokenizer.enable_truncation(max_length=context_length)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def _check_vocabulary(self, wordpiece: BertWordPieceTokenizer, expected_size: int | None) -> None:
+        size = wordpiece.get_vocab_size(with_added_tokens=False)
+        if expected_size is not None and size != expected_size:
+            raise TokenizerError(
+                f"vocabulary {self.vocab_path} has {size} tokens but the model expects {expected_size} "
+                f"(text.vocab_size): use the vocabulary the checkpoint was trained with")
+        vocab = wordpiece.get_vocab(with_added_tokens=False)
+        missing = [token for token in REQUIRED_TOKENS if token not in vocab]
+        if missing:
+            raise TokenizerError(f"vocabulary {self.vocab_path} lacks the special token(s) {', '.join(missing)}")
+        if vocab["[PAD]"] != 0:
+            raise TokenizerError(f"vocabulary {self.vocab_path} must have [PAD] at id 0, found it at {vocab['[PAD]']}")
+        self.vocab_size = size
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            raise TokenizerError("no texts to tokenize")
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = torch.tensor([encoding.ids for encoding in encodings], dtype=torch.long)
+        mask = torch.tensor([encoding.attention_mask for encoding in encodings], dtype=torch.bool)
+        return ids, mask
+
+    def tokenize(self, text: str) -> list[str]:
+        """The WordPiece tokens of one text, special tokens included (for debugging and docs)."""
+        return self._tokenizer.encode(text).tokens
+
+    def save(self, directory: str | Path) -> None:
+        target = Path(directory) / VOCAB_FILE
+        if target.resolve() != self.vocab_path.resolve():
+            shutil.copyfile(self.vocab_path, target)

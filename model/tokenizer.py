@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.models import WordPiece
 
 from .errors import TokenizerError
 
@@ -25,29 +26,31 @@ class Tokenizer:
         self.vocab_path = Path(vocab_path)
         if not self.vocab_path.is_file():
             raise TokenizerError(f"vocabulary file not found: {self.vocab_path}")
-        try:
-            wordpiece = BertWordPieceTokenizer(str(self.vocab_path), lowercase=True)
-        except Exception as error:  # the Rust side raises plain Exceptions for unreadable files
-            raise TokenizerError(f"cannot read vocabulary {self.vocab_path}: {error}") from error
-        self._check_vocabulary(wordpiece, vocab_size)
+        vocab = self._read_vocabulary()
+        self._check_vocabulary(vocab, vocab_size)
+        self.vocab_size = len(vocab)
         self.context_length = context_length
+        wordpiece = BertWordPieceTokenizer(vocab, lowercase=True)
         self._tokenizer: _RustTokenizer = wordpiece._tokenizer
         self._tokenizer.enable_truncation(max_length=context_length)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
 
-    def _check_vocabulary(self, wordpiece: BertWordPieceTokenizer, expected_size: int | None) -> None:
-        size = wordpiece.get_vocab_size(with_added_tokens=False)
-        if expected_size is not None and size != expected_size:
+    def _read_vocabulary(self) -> dict[str, int]:
+        try:
+            return WordPiece.read_file(str(self.vocab_path))
+        except Exception as error:  # the Rust side raises plain Exceptions for unreadable files
+            raise TokenizerError(f"cannot read vocabulary {self.vocab_path}: {error}") from error
+
+    def _check_vocabulary(self, vocab: dict[str, int], expected_size: int | None) -> None:
+        if expected_size is not None and len(vocab) != expected_size:
             raise TokenizerError(
-                f"vocabulary {self.vocab_path} has {size} tokens but the model expects {expected_size} "
+                f"vocabulary {self.vocab_path} has {len(vocab)} tokens but the model expects {expected_size} "
                 f"(text.vocab_size): use the vocabulary the checkpoint was trained with")
-        vocab = wordpiece.get_vocab(with_added_tokens=False)
         missing = [token for token in REQUIRED_TOKENS if token not in vocab]
         if missing:
             raise TokenizerError(f"vocabulary {self.vocab_path} lacks the special token(s) {', '.join(missing)}")
         if vocab["[PAD]"] != 0:
             raise TokenizerError(f"vocabulary {self.vocab_path} must have [PAD] at id 0, found it at {vocab['[PAD]']}")
-        self.vocab_size = size
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):

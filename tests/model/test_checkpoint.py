@@ -1,0 +1,116 @@
+"""Checkpoint directory round trip and every load error, each with a clear CheckpointError."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import model
+from tests.conftest import make_checkpoint
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_checkpoint):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    return copy
+
+
+def outputs(clip, tokenizer):
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 32, 32)
+    ids, mask = tokenizer(["a photo of a cat", "dog"])
+    with torch.no_grad():
+        return clip(pixels, ids, mask)[0]
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, vocab_path):
+    torch.manual_seed(3)
+    original = model.CLIP(model.CLIPConfig.from_dict({
+        "vision": {"image_size": 32, "patch_size": 8, "width": 32, "num_layers": 1, "num_heads": 2, "mlp_dim": 64},
+        "text": {"width": 32, "num_layers": 1, "num_heads": 2, "mlp_dim": 64, "max_len": 32, "context_length": 32, "positions": "learned",
+                 "embedding_norm": True, "activation": "gelu"},
+        "embed_dim": 16, "projection_bias": True})).eval()
+    tokenizer = model.Tokenizer(vocab_path, 32, 30522)
+    model.save_pretrained(original, tokenizer, tmp_path / "ckpt")
+    loaded, loaded_tokenizer = model.load_pretrained(tmp_path / "ckpt"), model.load_tokenizer(tmp_path / "ckpt")
+    assert not loaded.training and loaded.config == original.config
+    assert torch.equal(outputs(loaded, loaded_tokenizer), outputs(original, tokenizer))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+
+
+def test_fp16_save_halves_the_file_and_loads_as_float32(tmp_path, vocab_path, tiny_checkpoint):
+    clip, tokenizer = model.load_pretrained(tiny_checkpoint), model.load_tokenizer(tiny_checkpoint)
+    model.save_pretrained(clip, tokenizer, tmp_path / "half", dtype=torch.float16)
+    assert all(t.dtype == torch.float16 for t in load_file(tmp_path / "half" / "model.safetensors").values())
+    half = model.load_pretrained(tmp_path / "half")
+    assert half.dtype == torch.float32
+    assert torch.allclose(outputs(half, tokenizer), outputs(clip, tokenizer), atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dtype_and_device_placement(tiny_checkpoint, dtype):
+    clip = model.load_pretrained(tiny_checkpoint, device="cpu", dtype=dtype)
+    assert {p.dtype for p in clip.parameters()} == {dtype}
+    assert {p.device.type for p in clip.parameters()} == {"cpu"}
+    if dtype == torch.bfloat16:  # fp16 matmuls are not implemented for every CPU op
+        tokenizer = model.load_tokenizer(tiny_checkpoint)
+        assert outputs(clip, tokenizer).dtype == dtype
+
+
+def test_missing_directory_and_files(tmp_path, checkpoint):
+    with pytest.raises(model.CheckpointError, match="checkpoint directory not found"):
+        model.load_pretrained(tmp_path / "nowhere")
+    (checkpoint / "vocab.txt").unlink()
+    with pytest.raises(model.CheckpointError, match="lacks vocab.txt"):
+        model.load_pretrained(checkpoint)
+
+
+def test_broken_config_and_weights(checkpoint):
+    (checkpoint / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(model.CheckpointError, match="cannot read weights"):
+        model.load_pretrained(checkpoint)
+    (checkpoint / "config.json").write_text("{not json")
+    with pytest.raises(model.CheckpointError, match="bad config.json"):
+        model.check_checkpoint_files(checkpoint)
+
+
+def edit_weights(checkpoint, edit):
+    weights = load_file(checkpoint / "model.safetensors")
+    edit(weights)
+    save_file(weights, checkpoint / "model.safetensors")
+
+
+def test_missing_and_unexpected_keys_are_named(checkpoint):
+    def edit(weights):
+        del weights["image_encoder.cls_token"]
+        weights["image_encoder.extra_head.weight"] = torch.zeros(2)
+    edit_weights(checkpoint, edit)
+    with pytest.raises(model.CheckpointError, match=r"1 missing key\(s\): image_encoder.cls_token; "
+                                                   r"1 unexpected key\(s\): image_encoder.extra_head.weight"):
+        model.load_pretrained(checkpoint)
+
+
+def test_shape_mismatch_is_named(checkpoint):
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["embed_dim"] = 20
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(model.CheckpointError, match=r"shape mismatch.*image_projection.weight \(24, 32\) vs \(20, 32\)"):
+        model.load_pretrained(checkpoint)
+
+
+def test_vocabulary_of_wrong_size(checkpoint):
+    lines = (checkpoint / "vocab.txt").read_text().splitlines()
+    (checkpoint / "vocab.txt").write_text("\n".join(lines[:-10]) + "\n")
+    with pytest.raises(model.TokenizerError, match="has 30512 tokens but the model expects 30522"):
+        model.load_pretrained(checkpoint)
+    with pytest.raises(model.TokenizerError, match="30512"):
+        model.load_tokenizer(checkpoint)
+
+
+def test_weights_sha256_names_the_weights(tmp_path, vocab_path, tiny_checkpoint):
+    other = make_checkpoint(tmp_path / "other", vocab_path, seed=1)
+    digest = model.weights_sha256(tiny_checkpoint)
+    assert len(digest) == 64 and digest == model.weights_sha256(tiny_checkpoint / "model.safetensors")
+    assert digest != model.weights_sha256(other)

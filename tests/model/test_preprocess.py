@@ -1,0 +1,121 @@
+"""Decoding and preprocessing on real Pillow images, checked by pixel values."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import model
+from model.config import CLIP_MEAN, CLIP_STD, VisionConfig
+
+CROP = VisionConfig(image_size=32, patch_size=8)
+SQUASH = VisionConfig(image_size=32, patch_size=8, resize_mode="squash")
+
+
+def encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def pixel(image: Image.Image, xy=(0, 0)):
+    return model.to_rgb(image).getpixel(xy)
+
+
+def test_rgba_transparency_is_composited_over_white():
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    image.putpixel((1, 1), (255, 0, 0, 255))
+    image.putpixel((2, 2), (0, 0, 255, 128))
+    assert pixel(image) == (255, 255, 255)
+    assert pixel(image, (1, 1)) == (255, 0, 0)
+    assert pixel(image, (2, 2)) == (127, 127, 255)
+
+
+def test_palette_with_transparency_and_la():
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    palette.info["transparency"] = 0
+    palette.putpixel((0, 0), 0)
+    assert pixel(palette) == (255, 255, 255) and pixel(palette, (1, 1)) == (10, 200, 30)
+    decoded = model.load_image(encoded(palette, "PNG"))
+    assert decoded.mode == "P" and pixel(decoded) == (255, 255, 255)
+    grey_alpha = Image.new("LA", (2, 2), (40, 255))
+    grey_alpha.putpixel((0, 0), (40, 0))
+    assert pixel(grey_alpha) == (255, 255, 255) and pixel(grey_alpha, (1, 1)) == (40, 40, 40)
+
+
+def test_cmyk_and_bilevel():
+    assert pixel(Image.new("CMYK", (2, 2), (0, 0, 0, 0))) == (255, 255, 255)
+    assert pixel(Image.new("CMYK", (2, 2), (255, 0, 0, 0))) == (0, 255, 255)
+    assert pixel(Image.new("1", (2, 2), 1)) == (255, 255, 255)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    values = np.array([[0, 257 * 100], [32768, 65535]], dtype=np.uint16)
+    image = model.load_image(encoded(Image.fromarray(values), "PNG"))
+    assert image.mode in ("I;16", "I")
+    rgb = model.to_rgb(image)
+    assert [rgb.getpixel(xy)[0] for xy in [(0, 0), (1, 0), (0, 1), (1, 1)]] == [0, 100, 128, 255]
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    upright = model.to_rgb(model.load_image(encoded(image, "JPEG", exif=exif.tobytes(), quality=95)))
+    assert upright.size == (20, 40)
+    top = upright.getpixel((10, 5))
+    assert top[2] > 200 and top[0] < 60  # the blue half is now on top
+
+
+def test_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in [(255, 0, 0), (0, 255, 0)]]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert pixel(model.load_image(data))[0] > 200
+
+
+def test_crop_and_squash_resize_against_pillow():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (40, 80, 3), dtype=np.uint8))
+    crop = model.preprocess_images([image], CROP, normalize=False)[0].permute(1, 2, 0).numpy()
+    expected = np.asarray(image.resize((64, 32), Image.Resampling.BICUBIC).crop((16, 0, 48, 32)))
+    assert np.array_equal(crop, expected)
+    squash = model.preprocess_images([image], SQUASH, normalize=False)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(squash, np.asarray(image.resize((32, 32), Image.Resampling.BICUBIC)))
+
+
+def test_normalisation_with_config_mean_std_and_uint8_path():
+    image = Image.new("RGB", (32, 32), (255, 128, 0))
+    as_uint8 = model.preprocess_images([image, image], CROP, normalize=False)
+    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == (2, 3, 32, 32)
+    normalised = model.preprocess_images([image, image], CROP)
+    expected = [(value / 255 - mean) / std for value, mean, std in zip((255, 128, 0), CLIP_MEAN, CLIP_STD)]
+    assert torch.allclose(normalised[0, :, 0, 0], torch.tensor(expected), atol=1e-6)
+    assert torch.equal(model.normalize_pixels(as_uint8, CROP), normalised)
+    assert model.normalize_pixels(as_uint8, CROP, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_large_jpeg_decodes_through_draft():
+    data = encoded(Image.new("RGB", (2048, 1536), (0, 128, 255)), "JPEG")
+    assert model.load_image(data).size == (2048, 1536)
+    reduced = model.load_image(data, target_size=224)
+    assert reduced.size == (512, 384)  # the largest JPEG scale (1/4) that still covers 224 x 224
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"definitely not an image", "not an image"),
+    (encoded(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60], "could not be decoded|not an image"),
+    (encoded(Image.new("RGB", (256, 256)), "JPEG")[:300], "could not be decoded"),
+])
+def test_corrupt_or_truncated_files_raise_image_error(data, message):
+    with pytest.raises(model.ImageError, match=message):
+        model.load_image(data)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = encoded(Image.new("L", (300, 200)), "PNG")
+    with pytest.raises(model.ImageTooLargeError, match="300x200 = 60000 pixels, over the limit of 50000"):
+        model.load_image(data, max_pixels=50_000)
+    assert model.load_image(data, max_pixels=60_000).size == (300, 200)

@@ -36,6 +36,21 @@ def build_checkpoint(config: CLIPConfig, state_dict: dict[str, torch.Tensor], vo
     return save_pretrained(clip.float(), tokenizer, out_dir, dtype=dtype)
 
 
+def text_embeddings_from_bert(weights: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """BERT-style embeddings (``source`` prefix) -> the text tower's token, position and LayerNorm keys.
+
+    One sentence is always token type 0, so that row of the token-type table folds exactly
+    into the learned position table.
+    """
+    positions = take(weights, f"{source}.position_embeddings.weight") + take(weights, f"{source}.token_type_embeddings.weight")[0]
+    return {
+        "text_encoder.embeddings.weight": take(weights, f"{source}.word_embeddings.weight"),
+        "text_encoder.positional_encoding.pe": positions.unsqueeze(0),
+        "text_encoder.embedding_norm.weight": take(weights, f"{source}.LayerNorm.weight"),
+        "text_encoder.embedding_norm.bias": take(weights, f"{source}.LayerNorm.bias"),
+    }
+
+
 def encoder_layer_from_bert(weights: Mapping[str, torch.Tensor], source: str, target: str,
                             attention_norm: str, output_norm: str, attention: str = "attention.self",
                             attention_output: str = "attention.output.dense") -> dict[str, torch.Tensor]:

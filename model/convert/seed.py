@@ -12,7 +12,7 @@ import torch
 
 from ..config import CLIPConfig, TextConfig, VisionConfig
 from ..errors import CheckpointError
-from .common import build_checkpoint
+from .common import build_checkpoint, load_torch_state_dict
 
 # The seed's CLIP.__init__ defaults (../shared/seed/seed_clip.py).
 SEED_DEFAULTS = dict(image_size=224, patch_size=16, in_channels=3, vocab_size=30522,
@@ -37,11 +37,6 @@ def config_from_seed_kwargs(seed_kwargs: dict) -> CLIPConfig:
 
 
 def convert(seed_path: str | Path, out_dir: str | Path, seed_kwargs: dict, vocab_path: str | Path) -> Path:
-    try:
-        state_dict = torch.load(seed_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file; all mean the same here
-        raise CheckpointError(f"cannot read seed state_dict {seed_path}: {error}") from error
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{seed_path} holds a {type(state_dict).__name__}, not a state_dict")
+    state_dict = load_torch_state_dict(seed_path, "seed")
     config = config_from_seed_kwargs(seed_kwargs)
-    return build_checkpoint(config, dict(state_dict), vocab_path, out_dir, source=str(seed_path))
+    return build_checkpoint(config, state_dict, vocab_path, out_dir, source=str(seed_path))

@@ -11,6 +11,7 @@ fields and splits: docs/data.md). Re-running a build skips images that already e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -126,12 +127,17 @@ def run_job(job: Job) -> None:
     truncated PNG that a re-run would skip."""
     partial = job.target.with_name(job.target.name + ".partial")
     if job.render:
-        import resvg_py  # imported here: only builds that render SVGs need the `data` extra
+        import resvg_py  # imported here so that read_index, EVERYDAY etc. work without the data extra
         png = resvg_py.svg_to_bytes(svg_path=str(job.source), width=SVG_SIZE, height=SVG_SIZE, skip_system_fonts=True)
         partial.write_bytes(bytes(png))
     else:
         shutil.copyfile(job.source, partial)
     os.replace(partial, job.target)
+
+
+def _require_svg_renderer() -> None:
+    if importlib.util.find_spec("resvg_py") is None:
+        raise EmojiDataError("resvg-py renders the SVG styles but is not installed: pip install -e '.[data]'")
 
 
 def run_jobs(jobs: list[Job], workers: int) -> int:
@@ -170,14 +176,22 @@ def build(data_dir: Path, cache_dir: Path | None = None, only: list[str] | None 
     sources = {style.name: style_sources(style, roots[style.package.name], all_concepts) for style in STYLES}
     concepts = select_concepts(all_concepts, sources, only)
     jobs, records = plan(concepts, sources, data_dir)
+    _require_svg_renderer()
     produced = run_jobs(jobs, workers or os.cpu_count() or 1)
     write_index(data_dir / "index.jsonl", records)
     copy_licenses(roots, data_dir)
-    print(summary(concepts, records, produced, time.perf_counter() - started))
+    print(summary(concepts, records, produced, time.perf_counter() - started, _cpu_seconds()))
     return records
 
 
-def summary(concepts: list[Concept], records: list[dict], produced: int, seconds: float) -> str:
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished workers: on a shared machine wall time
+    says more about the neighbours than about the build."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def summary(concepts: list[Concept], records: list[dict], produced: int, seconds: float, cpu_seconds: float) -> str:
     """A table of images per style and split, plus the concept counts."""
     unseen = sum(is_unseen(c.hexcode) for c in concepts)
     splits = sorted({r["split"] for r in records})
@@ -191,7 +205,7 @@ def summary(concepts: list[Concept], records: list[dict], produced: int, seconds
     for style in STYLES:
         row = [counts[style.name, split] for split in splits]
         lines.append(f"{style.name:<{width}}" + "".join(f"{n:>12}" for n in row) + f"{sum(row):>12}")
-    lines.append(f"time: {seconds:.1f} s")
+    lines.append(f"time: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU")
     return "\n".join(lines)
 
 

@@ -134,7 +134,9 @@ def extract(package: Package, cache_dir: Path) -> Path:
         tarball = fetch(package, cache_dir)
         with tarfile.open(tarball) as tar:
             wanted = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(package.members)]
-            tar.extractall(root, members=wanted, filter="data")
+            # the "data" filter refuses paths escaping root; Pythons before 3.10.12 do not have it
+            safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(root, members=wanted, **safety)
         marker.touch()
     return root / "package"
 

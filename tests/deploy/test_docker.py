@@ -192,12 +192,20 @@ def healthcheck_route(command: list[str]) -> str:
     return urlsplit(urls[0]).path
 
 
-def test_healthcheck_probes_readyz_and_that_route_exists():
+def test_healthcheck_probes_readyz_and_the_app_answers_it(tiny_checkpoint):
     command = dockerfile.healthcheck(dockerfile.runtime_stage())
     assert healthcheck_route(command) == "/readyz"
     require_app()
-    from app.main import app
-    assert "/readyz" in {getattr(route, "path", None) for route in app.routes}
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+    client = TestClient(create_app(Settings(checkpoint=tiny_checkpoint)))  # no lifespan: the model never loads
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.headers["Retry-After"], "not ready (so not healthy) while loading"
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").text.startswith("# HELP"), "the deploy doc's Prometheus target"
+    assert client.get("/classify").status_code == 405, "/classify exists (POST only)"
 
 
 class Readiness(http.server.BaseHTTPRequestHandler):

@@ -8,7 +8,7 @@
 #      the bundled checkpoint, or a tiny one made by the library's save path if none is bundled yet;
 #   3. /readyz awaited, then the image's HEALTHCHECK command, the README's curl commands and one
 #      real multipart POST /classify (a Pillow-made PNG, two labels: 200, probabilities sum to 1);
-#   4. SIGTERM, and the server must exit.
+#   4. SIGTERM, and the server must shut down gracefully.
 #
 #   bash scripts/replay_runtime.sh
 #
@@ -67,6 +67,7 @@ make_checkpoint(sys.argv[1], package_dir() / 'vocab.txt')" "$work/tiny-checkpoin
     checkpoint_env=("CLIP_CHECKPOINT=$work/tiny-checkpoint")
     echo "replay: no bundled checkpoint yet; serving a tiny one through CLIP_CHECKPOINT"
 fi
+phase "checkpoint chosen"
 
 port="$("$venv/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")"
 mkdir -p "$work/home"
@@ -136,8 +137,11 @@ phase "healthcheck, /readyz, /metrics and /classify answered"
 kill -TERM "$server_pid"
 for _ in $(seq 1 60); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
 kill -0 "$server_pid" 2>/dev/null && fail "${command[*]} still running 30 s after SIGTERM"
+# uvicorn re-raises SIGTERM after its graceful shutdown, so 143 (128 + 15) is a clean exit too;
+# its log line tells a graceful shutdown from being killed.
 exit_status=0; wait "$server_pid" || exit_status=$?
-[ "$exit_status" = 0 ] || fail "${command[*]} exited with status $exit_status after SIGTERM"
+case "$exit_status" in 0|143) ;; *) fail "${command[*]} exited with status $exit_status after SIGTERM" ;; esac
+grep -q "Application shutdown complete" "$work/server.log" || fail "${command[*]} did not shut down gracefully"
 server_pid=""
 phase "stopped by SIGTERM"
 echo "replay: OK in $(( $(date +%s) - started )) s"

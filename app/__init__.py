@@ -1,0 +1,1 @@
+"""The zero-shot classification service: an HTTP layer (FastAPI) over a batching engine."""

@@ -1,0 +1,112 @@
+"""DynamicBatcher: gathers the images of concurrent requests into one forward pass.
+
+A batch closes when it holds ``max_batch`` images or ``max_wait`` seconds after its first
+image arrived, whichever comes first. One worker runs batches, one at a time, in ``executor``
+(off the event loop). The queue is bounded in images: a request that does not fit is refused
+at once (Overloaded) rather than left to wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .exceptions import NotReady, Overloaded
+
+
+@dataclass
+class _Item:
+    pixels: torch.Tensor                     # (3, H, W) uint8
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], executor: Executor,
+                 max_batch: int, max_wait: float, max_queue: int,
+                 on_batch: Callable[[int, list[float]], None] | None = None):
+        self.run_batch = run_batch          # (B, 3, H, W) uint8 -> (B, D), called in executor
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.on_batch = on_batch            # (batch size, queue waits in seconds), for metrics
+        self._pending: list[_Item] = []
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="dynamic-batcher")
+
+    async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Embeddings of ``images``, in order, once the batches holding them have run."""
+        if self._closing or self._worker is None:
+            raise NotReady("the server is shutting down" if self._closing else "the batcher is not running")
+        if len(self._pending) + len(images) > self.max_queue:
+            raise Overloaded(f"the server is busy: {len(self._pending)} images are queued and the queue holds "
+                             f"{self.max_queue}; retry shortly")
+        loop = asyncio.get_running_loop()
+        items = [_Item(pixels, loop.create_future()) for pixels in images]
+        self._pending.extend(items)
+        self._arrived.set()
+        return list(await asyncio.gather(*(item.future for item in items)))
+
+    async def close(self) -> None:
+        """Refuse new work, run what is queued, stop the worker."""
+        self._closing = True
+        self._arrived.set()
+        if self._worker is not None:
+            await self._worker
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if not self._pending:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                continue
+            await self._fill_or_expire()
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            if self._pending:
+                self._arrived.set()  # the rest starts the next batch without waiting for a new arrival
+            else:
+                self._arrived.clear()
+            await self._execute(batch)
+
+    async def _fill_or_expire(self) -> None:
+        deadline = self._pending[0].queued_at + self.max_wait
+        while len(self._pending) < self.max_batch and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        if self.on_batch is not None:
+            self.on_batch(len(batch), [started - item.queued_at for item in batch])
+        pixels = torch.stack([item.pixels for item in batch])
+        try:
+            embeddings = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, pixels)
+        except Exception as error:  # a failed batch fails its own requests, never the worker
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, embedding in zip(batch, embeddings):
+            if not item.future.done():  # the client may have gone away
+                item.future.set_result(embedding)

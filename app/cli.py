@@ -1,0 +1,91 @@
+"""Console scripts: ``clip-serve`` (the HTTP server) and ``clip-classify`` (local, no server)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .exceptions import ServiceError, StartupError
+from .settings import Settings
+
+
+def serve(argv: list[str] | None = None) -> None:
+    """Run the server on CLIP_HOST:CLIP_PORT; settings come from CLIP_* environment variables."""
+    import uvicorn
+
+    from .main import create_app
+
+    parser = argparse.ArgumentParser(prog="clip-serve", description=serve.__doc__)
+    parser.parse_args(argv)
+    try:
+        settings = Settings()
+        app = create_app(settings)
+    except (StartupError, ValidationError) as error:
+        print(f"clip-serve: {_one_line(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn handles SIGTERM: stop accepting, finish requests in flight, then run the app's shutdown
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=30)
+
+
+def classify(argv: list[str] | None = None) -> None:
+    """Classify local images against labels with the same engine as the server, no server needed."""
+    parser = argparse.ArgumentParser(prog="clip-classify", description=classify.__doc__)
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--label", action="append", required=True, dest="labels", help="a class name (repeat)")
+    parser.add_argument("--template", action="append", dest="templates",
+                        help="prompt template with {} (repeat to ensemble); default: the checkpoint's own")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: CLIP_CHECKPOINT or the bundled one)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the same JSON as POST /classify")
+    args = parser.parse_args(argv)
+    try:
+        result = classify_files(args.images, args.labels, args.templates, args.checkpoint, args.top_k)
+    except (ServiceError, ValidationError, OSError) as error:
+        print(f"clip-classify: {_one_line(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for image in result["results"]:
+        print(image["filename"])
+        for score in image["top_k"]:
+            print(f"  {score['probability']:7.2%}  {score['label']}")
+
+
+def classify_files(paths: list[Path], labels: list[str], templates: list[str] | None = None,
+                   checkpoint: Path | None = None, top_k: int = 5) -> dict:
+    """The /classify answer for local files, through the same service code as the server."""
+    import asyncio
+
+    from .main import check_startup
+    from .service import ZeroShotService
+
+    overrides = {"checkpoint": checkpoint} if checkpoint else {}
+    settings = Settings(**overrides, batch_wait_ms=0, max_images=max(len(paths), 1), max_queue=max(len(paths), 1))
+    check_startup(settings)
+    uploads = [(str(path), path.read_bytes()) for path in paths]
+
+    async def run() -> dict:
+        service = ZeroShotService(settings)
+        service.start()
+        await service.wait_loaded()
+        try:
+            return await service.classify(uploads, labels, templates, top_k)
+        finally:
+            await service.stop()
+
+    return asyncio.run(run())
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+if __name__ == "__main__":
+    {"serve": serve, "classify": classify}[sys.argv[1]](sys.argv[2:])

@@ -1,0 +1,164 @@
+"""ZeroShotEngine: a CLIP checkpoint, its tokenizer and a label-embedding cache. Synchronous and
+free of HTTP; app/service.py runs it off the event loop and app/batching.py feeds it batches.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+import model
+from model.zero_shot import DEFAULT_TEMPLATES, label_embeddings
+
+from .exceptions import ImageTooLarge, StartupError, UnsupportedImage
+
+log = logging.getLogger("app.engine")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StartupError("CLIP_DEVICE=cuda but no CUDA device is available: use CLIP_DEVICE=cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class LabelCache:
+    """Bounded LRU of class embeddings keyed by (templates, label)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[tuple[str, ...], str], torch.Tensor] = OrderedDict()
+
+    def get(self, key):
+        embedding = self._entries.get(key)
+        if embedding is not None:
+            self._entries.move_to_end(key)
+        return embedding
+
+    def put(self, key, embedding: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        self._entries[key] = embedding
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class LabelScore:
+    label: str
+    probability: float
+    logit: float
+
+
+class ZeroShotEngine:
+    def __init__(self, checkpoint: str | Path, device: str = "auto", dtype: str = "auto",
+                 label_cache_size: int = 4096, max_image_pixels: int | None = None,
+                 on_cache_lookup: Callable[[int, int], None] | None = None):
+        self.checkpoint = model.check_checkpoint_files(checkpoint)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.clip = model.load_pretrained(self.checkpoint, device=self.device, dtype=self.dtype)
+        self.tokenizer = model.load_tokenizer(self.checkpoint)
+        self.config = self.clip.config
+        self.sha256 = model.weights_sha256(self.checkpoint)
+        self.templates = tuple(self.config.zero_shot_templates) or DEFAULT_TEMPLATES
+        self.max_image_pixels = max_image_pixels
+        self.label_cache = LabelCache(label_cache_size)
+        self.on_cache_lookup = on_cache_lookup
+        log.info("loaded %s (sha256 %s) on %s as %s", self.checkpoint, self.sha256[:12], self.device, self.dtype)
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    def decode_image(self, data: bytes, filename: str = "the upload") -> torch.Tensor:
+        """Upload bytes -> (3, H, W) uint8 at the model's input size (normalised later, on the device)."""
+        try:
+            image = model.load_image(data, max_pixels=self.max_image_pixels, target_size=self.config.vision.image_size)
+        except model.ImageTooLargeError as error:
+            raise ImageTooLarge(_naming(error, filename)) from error
+        except model.ImageError as error:
+            raise UnsupportedImage(_naming(error, filename)) from error
+        return model.preprocess_images([image], self.config, normalize=False)[0]
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 -> (N, D) normalised embeddings; uint8 travels to the device, normalised there."""
+        pixels = model.normalize_pixels(pixels.to(self.device, non_blocking=True), self.config, self.dtype)
+        return self.clip.encode_image(pixels)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return model.zero_shot.encode_texts(self.clip, self.tokenizer, texts)
+
+    @torch.inference_mode()
+    def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """(C, D) class embeddings, prompt-ensembled over ``templates``; cached per (templates, label)."""
+        templates = tuple(templates or self.templates)
+        cached = {label: self.label_cache.get((templates, label)) for label in labels}
+        missing = [label for label, embedding in cached.items() if embedding is None]
+        if missing:
+            for label, embedding in zip(missing, label_embeddings(self.clip, self.tokenizer, missing, templates)):
+                cached[label] = embedding
+                self.label_cache.put((templates, label), embedding)
+        if self.on_cache_lookup is not None:
+            self.on_cache_lookup(len(labels) - len(missing), len(missing))
+        return torch.stack([cached[label] for label in labels])
+
+    @torch.inference_mode()
+    def logits(self, image_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C) logits_per_image in float32 on the CPU."""
+        return self.clip.similarity_logits(image_embeddings, class_embeddings).float().cpu()
+
+    def warm_up(self) -> None:
+        """One tiny forward of each tower, so the first request does not pay for lazy initialisation."""
+        size = self.config.vision.image_size
+        self.encode_images(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+        self.encode_texts(["warm-up"])
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "checkpoint": str(self.checkpoint),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "vocab_size": self.tokenizer.vocab_size,
+            "templates": list(self.templates),
+            "config": self.config.to_dict(),
+        }
+
+
+def scores(labels: Sequence[str], logits: torch.Tensor) -> list[list[LabelScore]]:
+    """(N, C) logits -> per image, in label order, {label, probability (softmax over labels), logit}."""
+    probabilities = logits.softmax(dim=-1)
+    return [[LabelScore(label, float(p), float(z)) for label, p, z in zip(labels, row_p, row_z)]
+            for row_p, row_z in zip(probabilities.tolist(), logits.tolist())]
+
+
+def top_k(row: list[LabelScore], k: int) -> list[LabelScore]:
+    return sorted(row, key=lambda score: score.probability, reverse=True)[:k]
+
+
+def _naming(error: Exception, filename: str) -> str:
+    """The library calls bytes 'the upload'; say which upload."""
+    return str(error).replace("the upload", repr(filename), 1)

@@ -1,0 +1,122 @@
+"""The one place where errors become HTTP answers: domain errors to status codes, and every
+answer an error JSON ``{"error": code, "message": ..., "request_id": ...}``. Never raw text, never a 500
+for bad input."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .exceptions import (ImageTooLarge, InvalidInput, NotReady, Overloaded, ServiceError, Unauthorized,
+                         UnsupportedImage, UploadTooLarge)
+
+log = logging.getLogger("app.errors")
+
+STATUS = {
+    InvalidInput: 422,
+    UnsupportedImage: 415,
+    ImageTooLarge: 413,
+    UploadTooLarge: 413,
+    Unauthorized: 401,
+    Overloaded: 503,
+    NotReady: 503,
+}
+
+# (status, code, example message) for the OpenAPI page and docs/service.md
+ERROR_TABLE = [
+    (401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <CLIP_API_KEY>'"),
+    (413, "upload_too_large", "request body is over the limit of 1048576 bytes (CLIP_MAX_UPLOAD_BYTES)"),
+    (413, "image_too_large", "'big.png' is 20000x20000 = 400000000 pixels, over the limit of 40000000"),
+    (415, "unsupported_image", "'notes.txt' is not an image in a format this server can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"),
+    (422, "invalid_request", "images: Field required"),
+    (422, "no_images", "no images: send one or more image files in 'images'"),
+    (422, "no_labels", "no labels: send at least one class name in 'labels'"),
+    (422, "empty_label", "label 2 is empty or only whitespace"),
+    (422, "duplicate_label", "label 'Cat' repeats 'cat' (labels are compared case-insensitively)"),
+    (422, "label_too_long", "label 1 has 300 characters, more than the limit of 100"),
+    (422, "too_many_labels", "70 labels, more than the limit of 64"),
+    (422, "too_many_images", "20 images, more than the limit of 16"),
+    (422, "too_many_templates", "20 templates, more than the limit of 16"),
+    (422, "bad_template", "template 'a photo' has no '{}' where the label goes, e.g. 'a photo of a {}.'"),
+    (422, "bad_top_k", "top_k must be at least 1, got 0"),
+    (422, "invalid_labels", "a JSON labels field must be an array of strings, e.g. [\"cat\", \"dog\"]"),
+    (422, "invalid_base64", "'cat.png' is not valid base64: Incorrect padding"),
+    (422, "no_texts", "no texts: send at least one string in 'texts'"),
+    (503, "queue_full", "the server is busy: 250 images are queued and the queue holds 256; retry shortly"),
+    (503, "not_ready", "the model is still loading; retry shortly"),
+]
+
+
+def error_body(request: Request | None, status: int, code: str, message: str) -> dict:
+    request_id = getattr(request.state, "request_id", None) if request is not None else None
+    return {"error": code, "message": message, "status": status, "request_id": request_id}
+
+
+def error_response(request: Request | None, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request, status, code, message), status_code=status, headers=headers)
+
+
+def status_of(error: ServiceError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
+
+
+async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    request.state.error_code = error.code
+    return error_response(request, status_of(error), error.code, error.message, headers)
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query"))
+        problems.append(f"{where}: {problem.get('msg')}" if where else str(problem.get("msg")))
+    request.state.error_code = "invalid_request"
+    return error_response(request, 422, "invalid_request", "; ".join(problems))
+
+
+async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    request.state.error_code = code
+    return error_response(request, error.status_code, code, str(error.detail), getattr(error, "headers", None))
+
+
+async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unexpected error (request id %s)", getattr(request.state, "request_id", None))
+    request.state.error_code = "internal_error"
+    return error_response(request, 500, "internal_error",
+                          "internal error; the server log has the details under this request id")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def openapi_responses(*statuses: int) -> dict:
+    """``responses=`` for a route: each status with its error codes and an example."""
+    from .schemas import ErrorResponse
+    responses = {}
+    for status in statuses:
+        rows = [(code, message) for s, code, message in ERROR_TABLE if s == status]
+        responses[status] = {
+            "model": ErrorResponse,
+            "description": "; ".join(f"`{code}`" for code, _ in rows),
+            "content": {"application/json": {"examples": {
+                code: {"value": {"error": code, "message": message, "status": status, "request_id": "3f2c9e0a1b"}}
+                for code, message in rows}}},
+        }
+    return responses

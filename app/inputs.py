@@ -1,0 +1,92 @@
+"""Checks on what a client sends (labels, templates, counts), with messages that say what to fix."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Sequence
+
+from .exceptions import InvalidInput
+from .settings import Settings
+
+
+def labels_from_form(values: Sequence[str]) -> list[str]:
+    """Repeated ``labels`` fields, or one field holding a JSON array of strings."""
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"labels looks like a JSON array but does not parse: {error}", "invalid_labels")
+        if not isinstance(parsed, list) or not all(isinstance(label, str) for label in parsed):
+            raise InvalidInput("a JSON labels field must be an array of strings, e.g. [\"cat\", \"dog\"]", "invalid_labels")
+        return parsed
+    return list(values)
+
+
+def clean_labels(labels: Sequence[str], settings: Settings) -> list[str]:
+    """Whitespace-normalised labels; refuses none, empty, too long, too many and duplicates
+    (case-insensitive: the tokenizer is uncased, so 'Cat' and 'cat' are the same class)."""
+    if not labels:
+        raise InvalidInput("no labels: send at least one class name in 'labels'", "no_labels")
+    if len(labels) > settings.max_labels:
+        raise InvalidInput(f"{len(labels)} labels, more than the limit of {settings.max_labels}", "too_many_labels")
+    cleaned, seen = [], {}
+    for position, label in enumerate(labels):
+        label = " ".join(label.split())
+        if not label:
+            raise InvalidInput(f"label {position + 1} is empty or only whitespace", "empty_label")
+        if len(label) > settings.max_label_chars:
+            raise InvalidInput(f"label {position + 1} has {len(label)} characters, more than the limit of "
+                               f"{settings.max_label_chars}", "label_too_long")
+        key = label.casefold()
+        if key in seen:
+            raise InvalidInput(f"label {label!r} repeats {seen[key]!r} (labels are compared case-insensitively)",
+                               "duplicate_label")
+        seen[key] = label
+        cleaned.append(label)
+    return cleaned
+
+
+def clean_templates(templates: Sequence[str] | None, settings: Settings) -> list[str] | None:
+    """None = the checkpoint's own templates. Each given template must hold '{}' for the label."""
+    if not templates:
+        return None
+    if len(templates) > settings.max_templates:
+        raise InvalidInput(f"{len(templates)} templates, more than the limit of {settings.max_templates}",
+                           "too_many_templates")
+    for template in templates:
+        if "{}" not in template:
+            raise InvalidInput(f"template {template!r} has no '{{}}' where the label goes, "
+                               f"e.g. 'a photo of a {{}}.'", "bad_template")
+    return list(templates)
+
+
+def clean_texts(texts: Sequence[str], settings: Settings) -> list[str]:
+    if not texts:
+        raise InvalidInput("no texts: send at least one string in 'texts'", "no_texts")
+    if len(texts) > settings.max_texts:
+        raise InvalidInput(f"{len(texts)} texts, more than the limit of {settings.max_texts}", "too_many_texts")
+    if any(not text.strip() for text in texts):
+        raise InvalidInput("a text is empty or only whitespace", "empty_text")
+    return list(texts)
+
+
+def check_image_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise InvalidInput("no images: send one or more image files in 'images'", "no_images")
+    if count > settings.max_images:
+        raise InvalidInput(f"{count} images, more than the limit of {settings.max_images}", "too_many_images")
+
+
+def check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise InvalidInput(f"top_k must be at least 1, got {top_k}", "bad_top_k")
+
+
+def decode_base64(data: str, filename: str) -> bytes:
+    if "," in data[:100] and data.startswith("data:"):  # a data URL: keep what follows the comma
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidInput(f"{filename!r} is not valid base64: {error}", "invalid_base64")

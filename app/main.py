@@ -1,0 +1,106 @@
+"""The FastAPI application: ``create_app(settings)``. ``uvicorn app.main:app`` builds one from the
+environment; ``clip-serve`` (app/cli.py) does the same and binds CLIP_HOST:CLIP_PORT."""
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+
+import model
+
+from . import errors
+from .engine import resolve_device
+from .exceptions import StartupError
+from .middleware import PROTECTED_PREFIXES, ApiKey, RequestContext, UploadLimit
+from .routes import classify, embed, health, ui
+from .service import ZeroShotService
+from .settings import DEFAULT_CHECKPOINT, Settings
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """Zero-shot image classification with CLIP: upload images, name the classes in plain words,
+get each class's probability. Limits come from CLIP_* settings; every error is JSON
+`{"error": code, "message": ..., "status": ..., "request_id": ...}` (see each operation's responses).
+When the server has CLIP_API_KEY set, `/classify*`, `/embed/*`, `/v1/model` and `/metrics` need
+`Authorization: Bearer <key>` (the Authorize button)."""
+
+
+def check_startup(settings: Settings) -> None:
+    """What must hold before the server binds: a usable device and a checkpoint directory that parses."""
+    resolve_device(settings.device)
+    try:
+        model.check_checkpoint_files(settings.checkpoint)
+    except model.ModelError as error:
+        hint = "the bundled default is not in this install: " if settings.checkpoint == DEFAULT_CHECKPOINT else ""
+        raise StartupError(f"cannot serve: {error}; {hint}set CLIP_CHECKPOINT to a checkpoint directory "
+                           f"(config.json + model.safetensors + vocab.txt), e.g. one made by "
+                           f"`python -m model.convert minilm OUT_DIR`") from error
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    check_startup(settings)
+    service = ZeroShotService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="CLIP zero-shot classification", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+    app.state.settings = settings
+    errors.install(app)
+    for router in (classify.router, embed.router, health.router, ui.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=ui.DOCS_ASSETS_DIR), name="docs-assets")
+
+    # added innermost first: RequestContext wraps all, then CORS, the key, the byte limit
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(ApiKey, api_key=api_key)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(RequestContext)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated schema plus the bearer scheme on the protected routes."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "CLIP_API_KEY (only when the server sets one)"}}
+        for path, operations in schema["paths"].items():
+            if path.startswith(PROTECTED_PREFIXES):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def app_from_environment() -> FastAPI:
+    """The app for ``uvicorn app.main:app``: a bad setting or checkpoint ends the process with one line."""
+    try:
+        return create_app(Settings())
+    except StartupError as error:
+        print(f"clip-serve: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str):
+    # built on first access, so importing app.main (tests, clip-serve) reads no environment
+    if name == "app":
+        return app_from_environment()
+    raise AttributeError(name)

@@ -1,0 +1,143 @@
+"""Pure ASGI middleware (nothing buffers the body): request id + access log + metrics,
+the API key, and the upload byte limit enforced while the body streams in."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import metrics
+
+access_log = logging.getLogger("app.access")
+
+PROTECTED_PREFIXES = ("/classify", "/embed/", "/v1/", "/metrics")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _state(scope: Scope) -> dict:
+    return scope.setdefault("state", {})
+
+
+async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """An error answer from middleware, in the same JSON shape as app/errors.py."""
+    _state(scope)["error_code"] = code
+    body = json.dumps({"error": code, "message": message, "status": status,
+                       "request_id": _state(scope).get("request_id")}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+           (b"connection", b"close")]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContext:
+    """X-Request-ID (echoed when the client sent a sane one), one access log line, request metrics."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        sent = _header(scope, b"x-request-id")
+        request_id = sent if sent and _REQUEST_ID.match(sent) else uuid.uuid4().hex
+        _state(scope)["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "other"
+            metrics.REQUESTS.labels(route, str(status)).inc()
+            metrics.LATENCY.labels(route).observe(elapsed)
+            if status >= 400:
+                metrics.ERRORS.labels(route, str(status), _state(scope).get("error_code", "http_error")).inc()
+            access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"], status, elapsed * 1000)
+
+
+class ApiKey:
+    """Bearer key on the protected routes, checked before any body is read."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.expected is None or scope["type"] != "http" or scope["method"] == "OPTIONS"
+                or not scope["path"].startswith(PROTECTED_PREFIXES)):
+            return await self.app(scope, receive, send)
+        given = (_header(scope, b"authorization") or "").encode("latin-1")
+        if not secrets.compare_digest(given, self.expected):
+            reason = "missing API key" if not given else "wrong API key"
+            return await send_error(scope, send, 401, "unauthorized",
+                                    f"{reason}: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)",
+                                    {"WWW-Authenticate": "Bearer"})
+        await self.app(scope, receive, send)
+
+
+class UploadLimit:
+    """413 when the body is over ``max_bytes``: at once from Content-Length, else as soon as the
+    streamed bytes pass the limit (the app's own answer to the cut-off body is replaced)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _message(self) -> str:
+        return f"request body is over the limit of {self.max_bytes} bytes (CLIP_MAX_UPLOAD_BYTES)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await send_error(scope, send, 413, "upload_too_large", self._message())
+        received, over = 0, False
+
+        async def counted_receive() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    raise OverflowError("request body over the limit")
+            return message
+
+        replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if not over:
+                return await send(message)
+            if not replaced:
+                replaced = True
+                await send_error(scope, send, 413, "upload_too_large", self._message())
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except OverflowError:
+            if not replaced:
+                await send_error(scope, send, 413, "upload_too_large", self._message())

@@ -1,0 +1,139 @@
+"""ZeroShotService: the engine run off the event loop. Loads the model in the background,
+decodes uploads in a thread pool, runs every model call on one model thread, and batches
+images across requests. The routes call ``classify`` / ``embed_*`` and shape nothing else.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Sequence
+
+import torch
+
+from . import metrics
+from .batching import DynamicBatcher
+from .engine import ZeroShotEngine, scores, top_k as take_top_k
+from .exceptions import NotReady
+from .inputs import check_image_count, check_top_k, clean_labels, clean_templates, clean_texts
+from .settings import Settings
+
+log = logging.getLogger("app.service")
+
+Upload = tuple[str, bytes]  # (filename, bytes)
+
+
+class ZeroShotService:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine: ZeroShotEngine | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.state = "starting"
+        self.failure: str | None = None
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._loading: asyncio.Task | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load and warm up in the background; /readyz says 503 until it is done."""
+        self.state = "loading"
+        self._loading = asyncio.create_task(self._load(), name="load-model")
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.engine = await self._on_model_thread(self._build_engine)
+        except Exception as error:
+            self.state, self.failure = "failed", str(error)
+            log.error("model failed to load: %s", error)
+            return
+        self.batcher = DynamicBatcher(self.engine.encode_images, self._model_thread,
+                                      max_batch=self.settings.max_batch, max_wait=self.settings.batch_wait_ms / 1000,
+                                      max_queue=self.settings.max_queue, on_batch=metrics.observe_batch)
+        self.batcher.start()
+        metrics.QUEUED.set_function(lambda: self.batcher.queued)
+        self.state = "ready"
+        log.info("ready in %.1f s", time.perf_counter() - started)
+
+    async def wait_loaded(self) -> ZeroShotEngine:
+        """The engine once loading has finished (NotReady if it failed)."""
+        if self._loading is not None:
+            await self._loading
+        return self.ready_engine()
+
+    def _build_engine(self) -> ZeroShotEngine:
+        s = self.settings
+        engine = ZeroShotEngine(s.checkpoint, s.device, s.dtype, s.label_cache_size, s.max_image_pixels,
+                                on_cache_lookup=metrics.observe_cache)
+        engine.warm_up()
+        return engine
+
+    async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self.batcher is not None:
+            self.state = "stopping"
+            await self.batcher.close()
+        self._model_thread.shutdown(wait=True)
+        self._decoders.shutdown(wait=True)
+
+    def ready_engine(self) -> ZeroShotEngine:
+        if self.state != "ready":
+            message = {"loading": "the model is still loading; retry shortly",
+                       "failed": f"the model failed to load: {self.failure}",
+                       "stopping": "the server is shutting down"}.get(self.state, "the server is starting")
+            raise NotReady(message)
+        return self.engine
+
+    # --- work -------------------------------------------------------------------------------
+    async def classify(self, uploads: Sequence[Upload], labels: Sequence[str], templates: Sequence[str] | None,
+                       top_k: int) -> dict:
+        started = time.perf_counter()
+        engine = self.ready_engine()
+        check_image_count(len(uploads), self.settings)
+        labels = clean_labels(labels, self.settings)
+        templates = clean_templates(templates, self.settings)
+        check_top_k(top_k)
+        pixels = await self._decode(uploads)
+        classes = await self._on_model_thread(engine.label_embeddings, labels, templates)
+        images = torch.stack(await self.batcher.submit(pixels))
+        logits = await self._on_model_thread(engine.logits, images, classes)
+        metrics.IMAGES.inc(len(uploads))
+        k = min(top_k, len(labels))
+        results = [{"filename": name, "scores": [asdict(s) for s in row], "top_k": [asdict(s) for s in take_top_k(row, k)]}
+                   for (name, _), row in zip(uploads, scores(labels, logits))]
+        return {"results": results, "model": self.model_ref(), "templates": list(templates or engine.templates),
+                "time_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def embed_images(self, uploads: Sequence[Upload]) -> dict:
+        self.ready_engine()
+        check_image_count(len(uploads), self.settings)
+        embeddings = await self.batcher.submit(await self._decode(uploads))
+        return {"filenames": [name for name, _ in uploads], "embeddings": [e.float().cpu().tolist() for e in embeddings],
+                "model": self.model_ref()}
+
+    async def embed_texts(self, texts: Sequence[str], template: str | None) -> dict:
+        engine = self.ready_engine()
+        texts = clean_texts(texts, self.settings)
+        if template is not None:
+            clean_templates([template], self.settings)
+            texts = [template.replace("{}", text) for text in texts]
+        embeddings = await self._on_model_thread(engine.encode_texts, texts)
+        return {"texts": texts, "embeddings": embeddings.float().cpu().tolist(), "model": self.model_ref()}
+
+    def model_ref(self) -> dict:
+        engine = self.ready_engine()
+        return {"name": engine.name, "sha256": engine.sha256[:12]}
+
+    async def _decode(self, uploads: Sequence[Upload]) -> list[torch.Tensor]:
+        loop = asyncio.get_running_loop()
+        engine = self.engine
+        return list(await asyncio.gather(*(loop.run_in_executor(self._decoders, engine.decode_image, data, name)
+                                           for name, data in uploads)))
+
+    async def _on_model_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)
+

@@ -1,0 +1,62 @@
+"""Start-up checks, readiness and SIGTERM drain."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from app.exceptions import StartupError
+from app.main import check_startup, create_app
+from app.settings import DEFAULT_CHECKPOINT, Settings
+
+from .server import Server
+
+
+@pytest.fixture(scope="module")
+def failed_starts(tmp_path_factory, tiny_checkpoint):
+    """Servers that must refuse to start, launched together (each pays for importing torch)."""
+    broken = tmp_path_factory.mktemp("broken")
+    for name in ("model.safetensors", "vocab.txt"):
+        (broken / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    (broken / "config.json").write_text(json.dumps({"vision": {"colour": "blue"}}))
+    servers = {"missing": Server(tmp_path_factory.mktemp("empty") / "nothing-here"),
+               "broken": Server(broken, command="uvicorn")}
+    return {name: (server.wait_exit(), server.finish()) for name, server in servers.items()}
+
+
+@pytest.mark.parametrize("case, words", [("missing", "checkpoint directory not found"),
+                                         ("broken", "unknown vision field(s): colour")])
+def test_bad_checkpoint_stops_start_up_with_one_clear_line(failed_starts, case, words):
+    returncode, output = failed_starts[case]
+    assert returncode == 2
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert words in lines[0] and "CLIP_CHECKPOINT" in lines[0]
+
+
+def test_default_checkpoint_is_one_constant_inside_the_package(monkeypatch):
+    monkeypatch.delenv("CLIP_CHECKPOINT", raising=False)
+    assert Settings().checkpoint == DEFAULT_CHECKPOINT
+    assert DEFAULT_CHECKPOINT.parts[-3:] == ("model", "weights", "emoji-clip")
+    if not DEFAULT_CHECKPOINT.exists():  # until the bundled weights ship, start-up says where to point
+        with pytest.raises(StartupError, match="the bundled default is not in this install: set CLIP_CHECKPOINT"):
+            check_startup(Settings())
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_not_ready_before_the_model_has_loaded(tiny_checkpoint):
+    """The app before its lifespan has run (loading not started): 503 with Retry-After."""
+    app = create_app(Settings(checkpoint=tiny_checkpoint))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "2"
+        assert ready.json()["error"] == "not_ready"
+        assert (await client.get("/healthz")).status_code == 200
+        busy = await client.post("/classify/json", json={"images": [], "labels": ["cat"]})
+        assert busy.status_code == 503

@@ -1,0 +1,84 @@
+"""The upload byte limit, the API key and CORS (the server's settings: conftest.LIMITS)."""
+from __future__ import annotations
+
+import select
+import socket
+import time
+
+import httpx
+
+from .server import AUTH, classify, image_bytes
+
+PNG = image_bytes()
+MIB = 1024 * 1024
+
+
+def post_raw(url: str, headers: list[str], chunks, path="/classify") -> tuple[bytes, int]:
+    """Send a request over a plain socket, one chunk at a time, stopping as soon as the server answers.
+    Returns (the answer's first bytes, body bytes sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode())
+        sent = 0
+        for chunk in chunks:
+            readable, _, _ = select.select([sock], [], [], 0.02)
+            if readable:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        sock.settimeout(30)
+        return sock.recv(65536), sent
+
+
+def test_20_mib_upload_refused_with_413_before_the_body_is_sent(server):
+    total = 20 * MIB
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {total}",
+               "Content-Type: multipart/form-data; boundary=xyz"]
+    answer, sent = post_raw(server.url, headers, (b"x" * (64 * 1024) for _ in range(total // (64 * 1024))))
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"upload_too_large" in answer and b"CLIP_MAX_UPLOAD_BYTES" in answer
+    assert sent < total // 2
+
+
+def test_streamed_upload_without_length_cut_off_after_the_limit(server):
+    def chunked(size=256 * 1024, count=80):  # 20 MiB in chunked transfer encoding
+        for _ in range(count):
+            time.sleep(0.01)
+            yield f"{size:x}\r\n".encode() + b"x" * size + b"\r\n"
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), "Transfer-Encoding: chunked",
+               "Content-Type: multipart/form-data; boundary=xyz"]
+    answer, sent = post_raw(server.url, headers, chunked())
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"upload_too_large" in answer
+    assert sent < 10 * MIB
+
+
+def test_api_key_required_on_protected_routes(server):
+    for method, path in [("POST", "/classify"), ("POST", "/classify/json"), ("POST", "/embed/image"),
+                         ("POST", "/embed/text"), ("GET", "/v1/model"), ("GET", "/metrics")]:
+        missing = httpx.request(method, f"{server.url}{path}", timeout=30)
+        assert missing.status_code == 401, path
+        assert missing.json()["error"] == "unauthorized"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.request(method, f"{server.url}{path}", headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert wrong.status_code == 401 and "wrong API key" in wrong.json()["message"]
+    assert httpx.get(f"{server.url}/v1/model", headers=AUTH, timeout=30).status_code == 200
+    assert httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=30).status_code == 200
+    assert classify(server.url, [("a.png", PNG)], ["cat"], headers=AUTH).status_code == 200
+
+
+def test_open_routes_stay_open_with_a_key_set(server):
+    for path in ["/healthz", "/readyz", "/", "/docs", "/openapi.json", "/static/demo.js", "/docs-assets/swagger-ui.css"]:
+        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200, path
+
+
+def test_cors_allows_the_configured_origin_only(server):
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed = httpx.options(f"{server.url}/classify", headers={"Origin": "http://example.test", **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "http://example.test"
+    other = httpx.options(f"{server.url}/classify", headers={"Origin": "http://evil.test", **preflight})
+    assert "access-control-allow-origin" not in other.headers

@@ -69,18 +69,14 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         while True:
-            await self._arrived.wait()
             if not self._pending:
                 if self._closing:
                     return
                 self._arrived.clear()
+                await self._arrived.wait()
                 continue
             await self._fill_or_expire()
             batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-            if self._pending:
-                self._arrived.set()  # the rest starts the next batch without waiting for a new arrival
-            else:
-                self._arrived.clear()
             await self._execute(batch)
 
     async def _fill_or_expire(self) -> None:

@@ -27,7 +27,7 @@ STATUS = {
 
 # (status, code, example message) for the OpenAPI page and docs/service.md
 ERROR_TABLE = [
-    (401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <CLIP_API_KEY>'"),
+    (401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)"),
     (413, "upload_too_large", "request body is over the limit of 1048576 bytes (CLIP_MAX_UPLOAD_BYTES)"),
     (413, "image_too_large", "'big.png' is 20000x20000 = 400000000 pixels, over the limit of 40000000"),
     (415, "unsupported_image", "'notes.txt' is not an image in a format this server can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"),
@@ -45,6 +45,8 @@ ERROR_TABLE = [
     (422, "invalid_labels", "a JSON labels field must be an array of strings, e.g. [\"cat\", \"dog\"]"),
     (422, "invalid_base64", "'cat.png' is not valid base64: Incorrect padding"),
     (422, "no_texts", "no texts: send at least one string in 'texts'"),
+    (422, "empty_text", "a text is empty or only whitespace"),
+    (422, "too_many_texts", "70 texts, more than the limit of 64"),
     (503, "queue_full", "the server is busy: 250 images are queued and the queue holds 256; retry shortly"),
     (503, "not_ready", "the model is still loading; retry shortly"),
 ]

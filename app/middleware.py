@@ -2,6 +2,7 @@
 the API key, and the upload byte limit enforced while the body streams in."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -108,12 +109,16 @@ class UploadLimit:
     def _message(self) -> str:
         return f"request body is over the limit of {self.max_bytes} bytes (CLIP_MAX_UPLOAD_BYTES)"
 
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_error(scope, send, 413, "upload_too_large", self._message())
+        await _linger(receive)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await send_error(scope, send, 413, "upload_too_large", self._message())
+            return await self._refuse(scope, receive, send)
         received, over = 0, False
 
         async def counted_receive() -> Message:
@@ -134,10 +139,28 @@ class UploadLimit:
                 return await send(message)
             if not replaced:
                 replaced = True
-                await send_error(scope, send, 413, "upload_too_large", self._message())
+                await self._refuse(scope, receive, send)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
         except OverflowError:
             if not replaced:
-                await send_error(scope, send, 413, "upload_too_large", self._message())
+                await self._refuse(scope, receive, send)
+
+
+async def _linger(receive: Receive, max_bytes: int = 4 * 1024 * 1024, seconds: float = 2.0) -> None:
+    """After an early 413, read and drop a bounded amount of the body the client is still sending:
+    closing a socket with unread data makes the kernel send RST, which can destroy the 413 in
+    flight (what nginx calls a lingering close). Nothing is kept."""
+    async def drop() -> None:
+        dropped = 0
+        while dropped < max_bytes:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            dropped += len(message.get("body", b""))
+
+    try:
+        await asyncio.wait_for(drop(), seconds)
+    except asyncio.TimeoutError:
+        return

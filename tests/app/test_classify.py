@@ -27,7 +27,7 @@ def reference_logits(checkpoint, images: list[bytes], labels, templates) -> torc
 
 def test_classify_answers_per_image_in_label_order(server, tiny_checkpoint):
     response = classify(server.url, [("red.png", RED), ("blue.jpg", BLUE)], ["cat", "dog", "pizza"],
-                        headers={"X-Request-ID": "req-42"}, top_k=2)
+                        headers={**AUTH, "X-Request-ID": "req-42"}, top_k=2)
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "req-42"
     body = response.json()

@@ -32,7 +32,7 @@ from .tokenizer import Tokenizer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Candidates for zero_shot_templates, compared on the validation style only.
-CANDIDATE_TEMPLATES = ("{}", "an emoji of {}.", "a {} emoji.", "an icon of {}.", "a drawing of {}.", "a picture of {}.")
+CANDIDATE_TEMPLATES = ("{}", "an emoji of {}.", "a {} emoji.", "a drawing of {}.")
 
 
 @dataclass
@@ -139,9 +139,11 @@ def emoji_report(clip: CLIP, tokenizer: Tokenizer, data_dir: str | Path, style: 
                   [everyday_words.index(EVERYDAY[concept_of_image[i]]) for i in everyday_rows])
     pairs = load_paraphrases()
     paraphrase_rows = [i for i, c in enumerate(concept_of_image) if c in pairs]
-    swapped = [pairs[c]["synonym"] if c in pairs else name for c, name in zip(data.concepts, names)]
-    paraphrase = {"n": len(paraphrase_rows),
-                  "synonym_top1": on(paraphrase_rows, zero_shot.label_embeddings(clip, tokenizer, swapped, templates))["top1"],
+    renamed = [row for row, concept in enumerate(data.concepts) if concept in pairs]
+    swapped = classes.clone()  # every class name as before, each paired concept's name swapped for its synonym
+    if renamed:
+        swapped[renamed] = zero_shot.label_embeddings(clip, tokenizer, [pairs[data.concepts[r]]["synonym"] for r in renamed], templates)
+    paraphrase = {"n": len(paraphrase_rows), "synonym_top1": on(paraphrase_rows, swapped)["top1"],
                   "original_top1": on(paraphrase_rows)["top1"]}
     return {"style": style, "templates": templates, "all": on(list(range(len(data.paths))), groups=data.groups),
             "seen": on(seen), "unseen": on(unseen), "everyday": {**everyday, "correct": round(everyday["top1"] * everyday["n"] / 100)},
@@ -149,20 +151,24 @@ def emoji_report(clip: CLIP, tokenizer: Tokenizer, data_dir: str | Path, style: 
 
 
 def choose_templates(clip: CLIP, tokenizer: Tokenizer, data_dir: str | Path,
-                     candidates: Sequence[str] = CANDIDATE_TEMPLATES, most: int = 3) -> list[str]:
+                     candidates: Sequence[str] = CANDIDATE_TEMPLATES, most: int = 2) -> list[str]:
     """Rank single templates by top-1 on the validation style, then keep the best-ranked prefix
-    (up to ``most``) whose ensemble scores highest. The test style plays no part."""
+    (up to ``most``: every template costs a text-tower pass per class at serving time) whose
+    ensemble scores highest. The test style plays no part."""
     data = from_index(data_dir, style=VALIDATION_STYLE)
     images = embed_images(clip, data.paths)
+    single = {t: zero_shot.label_embeddings(clip, tokenizer, data.class_names, [t]) for t in candidates}
 
-    def top1(templates: Sequence[str]) -> float:
-        return scores(images, data.labels, zero_shot.label_embeddings(clip, tokenizer, data.class_names, templates))["top1"]
+    def top1(templates: Sequence[str]) -> float:  # the ensemble is label_embeddings' mean, renormalised
+        classes = torch.nn.functional.normalize(torch.stack([single[t] for t in templates]).mean(dim=0), dim=-1)
+        return scores(images, data.labels, classes)["top1"]
 
     ranked = sorted(candidates, key=lambda template: top1([template]), reverse=True)
     best = max(range(1, min(most, len(ranked)) + 1), key=lambda k: top1(ranked[:k]))
-    chosen = ranked[:best]
-    print(f"zero-shot templates chosen on {VALIDATION_STYLE}: {chosen}", file=sys.stderr)
-    return chosen
+    print(f"zero-shot templates on {VALIDATION_STYLE} (top-1 %): "
+          + ", ".join(f"{t!r} {top1([t]):.1f}" for t in ranked) + f"; chosen {ranked[:best]} {top1(ranked[:best]):.1f}",
+          file=sys.stderr)
+    return ranked[:best]
 
 
 # ----------------------------------------------------------------------------- output

@@ -199,7 +199,13 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     rank, world, device = setup_distributed()
     run_dir = Path(run_dir)
     bundle = load_bundle(bundle_path)
-    recipe = bundle.recipe.updated(**(overrides or {}))
+    overrides = dict(overrides or {})
+    if overrides.get("vision"):
+        overrides["vision"] = {**bundle.recipe.vision, **overrides["vision"]}
+    recipe = bundle.recipe.updated(**overrides)
+    if recipe.vision["image_size"] != bundle.train_images.shape[-1]:
+        raise ModelError(f"the bundle's images are {bundle.train_images.shape[-1]} px but the recipe asks for "
+                         f"image_size {recipe.vision['image_size']}: pack again with that recipe")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
@@ -311,7 +317,8 @@ def assemble(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | No
 # ----------------------------------------------------------------------------- command line
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", type=Path, help="JSON file of Recipe fields (model/recipe.py)")
+    parser.add_argument("--recipe", type=Path, help="JSON file of Recipe fields (model/recipe.py); "
+                        "for a bundle, training fields that change the bundle's recipe")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
@@ -324,9 +331,14 @@ def _overrides(args) -> dict:
             "max_steps": args.max_steps, "seed": args.seed}
 
 
-def _recipe(args) -> Recipe:
+def _recipe_changes(args) -> dict:
     data = json.loads(args.recipe.read_text()) if args.recipe else {}
-    return Recipe.from_dict(data).updated(**_overrides(args))
+    Recipe.from_dict(data)  # names only known fields
+    return {**data, **{k: v for k, v in _overrides(args).items() if v is not None}}
+
+
+def _recipe(args) -> Recipe:
+    return Recipe.from_dict(_recipe_changes(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,9 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--bundle", type=Path, required=True)
     bundle.add_argument("--out", type=Path, required=True, help="RUN_DIR for the trained tensors")
     bundle.add_argument("--resume", action="store_true")
-    for name in ("--epochs", "--batch-size", "--max-steps", "--seed"):
-        bundle.add_argument(name, type=int)
-    bundle.add_argument("--learning-rate", type=float)
+    _recipe_arguments(bundle)
 
     assemble_parser = commands.add_parser("assemble", parents=[common], help="trained tensors + text tower -> checkpoint directory")
     assemble_parser.add_argument("run_dir", type=Path)
@@ -379,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             from .bundle import pack
             pack(args.data_dir, args.bundle, _recipe(args), args.base)
         elif args.command == "bundle":
-            train_bundle(args.bundle, args.out, _overrides(args), args.resume)
+            train_bundle(args.bundle, args.out, _recipe_changes(args), args.resume)
         elif args.command == "assemble":
             print(f"wrote {assemble(args.run_dir, args.out, args.data, args.base, args.templates)}")
         else:

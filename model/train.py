@@ -401,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.resume and bundle.exists()):
                 pack(args.data_dir, bundle, _recipe(args), args.base)
             train_bundle(bundle, args.out / "run", _overrides(args), args.resume)
-            if int(os.environ.get("RANK", "0")) == 0:
-                print(f"wrote {assemble(args.out / 'run', args.out / 'checkpoint', args.data_dir, args.base)}")
+            print(f"wrote {assemble(args.out / 'run', args.out / 'checkpoint', args.data_dir, args.base)}")
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

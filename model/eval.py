@@ -32,7 +32,7 @@ from .tokenizer import Tokenizer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Candidates for zero_shot_templates, compared on the validation style only.
-CANDIDATE_TEMPLATES = ("{}", "an emoji of {}.", "a {} emoji.", "a drawing of {}.")
+CANDIDATE_TEMPLATES = ("{}", "an emoji of {}.", "a {} emoji.")
 
 
 @dataclass

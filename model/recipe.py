@@ -1,0 +1,51 @@
+"""The training recipe: every choice that shapes a trained model, saved as JSON inside the bundle."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class Recipe:
+    # model: the image tower (VisionConfig fields; pack fills in model.convert.minilm.DEFAULT_VISION
+    # for those not given) and the shared embedding size; text_width comes from the frozen text tower
+    vision: dict = field(default_factory=dict)
+    embed_dim: int = 384
+    text_width: int = 0
+    logit_scale_init: float = math.log(1 / 0.07)
+    # optimisation
+    epochs: int = 12
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    seed: int = 0
+    max_steps: int | None = None   # stop after this many steps in all (smoke runs, tests)
+    augment: dict = field(default_factory=dict)  # model.augment.AugmentConfig fields to change
+    # data (used by pack)
+    skin_tones: bool = False       # also train on skin-tone variants (extra images of their concept)
+    limit_images: int | None = None  # keep only the first N training images (tests)
+    val_template: str = "an emoji of {}."  # class prompts for the per-epoch validation accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown recipe field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def updated(self, **changes: Any) -> "Recipe":
+        """A copy with the given fields changed (None values are ignored: 'not given on the command line')."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,166 @@
+"""clip-train on real emoji from the builder: pack, a few steps that lower the loss, resume,
+the torch-and-numpy-only bundle run, assemble, and torchrun with two gloo processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import model
+from model import train
+from model.augment import AugmentConfig, augment, jpeg_artifacts
+from model.bundle import MAX_BUNDLE_BYTES, load_bundle, pack, pooled_text_features
+from model.data.index import read_index
+from model.recipe import Recipe
+from tests.model.conftest import TINY_EMBED_DIM, TINY_VISION
+
+REPO = Path(__file__).resolve().parents[2]
+QUIET = dict(blur=0.0, noise=0.0, jpeg=0.0, white_background=1.0, scale=(1.0, 1.0), translate=0.0, rotate_degrees=0.0)
+
+
+def tiny_recipe(**changes) -> Recipe:
+    return Recipe(vision=TINY_VISION, embed_dim=TINY_EMBED_DIM, batch_size=8, epochs=2, warmup_steps=2,
+                  learning_rate=3e-3, **changes)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(emoji_data, minilm_base, tmp_path_factory):
+    return pack(emoji_data, tmp_path_factory.mktemp("bundle") / "bundle.npz", tiny_recipe(), base=minilm_base)
+
+
+def test_bundle_holds_the_training_split_and_the_text_towers_pooled_features(bundle_path, emoji_data, minilm_base):
+    bundle = load_bundle(bundle_path)
+    records = read_index(emoji_data / "index.jsonl")
+    train_records = [r for r in records if r["split"] == "train" and r["variant"] == r["concept"]]
+    assert len(bundle.train_images) == len(train_records) > 0
+    assert bundle.train_images.shape[1:] == (4, 32, 32) and bundle.train_images.dtype == torch.uint8
+    assert len(bundle.val_images) == sum(r["split"] in ("val", "val_unseen") and r["variant"] == r["concept"] for r in records)
+    assert len(bundle.class_features) == len({r["concept"] for r in records})
+    # the cached features are exactly what the frozen text tower gives for the image's captions
+    clip, tokenizer = model.load_pretrained(minilm_base), model.load_tokenizer(minilm_base)
+    rows = bundle.caption_index[bundle.caption_offsets[0]:bundle.caption_offsets[1]]
+    expected = pooled_text_features(clip, tokenizer, train_records[0]["captions"])
+    assert len(rows) == len(train_records[0]["captions"])
+    torch.testing.assert_close(bundle.caption_features[rows], torch.from_numpy(expected).float())
+    assert bundle_path.stat().st_size < MAX_BUNDLE_BYTES
+
+
+def test_a_few_steps_lower_the_loss(bundle_path, tmp_path):
+    run = train.train_bundle(bundle_path, tmp_path, {"epochs": 6, "augment": QUIET})
+    history = json.loads((run / train.HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.3
+    assert 0.0 <= history[-1]["val_top1"] <= 1.0
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(bundle_path, tmp_path, monkeypatch):
+    straight = train.train_bundle(bundle_path, tmp_path / "straight", {"epochs": 3})
+    validate, calls = train.validate, []
+
+    def interrupted_in_epoch_3(*args, **kwargs):  # the end of epoch 3 is never reached
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validate", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_bundle(bundle_path, tmp_path / "resumed", {"epochs": 3})
+    monkeypatch.setattr(train, "validate", validate)
+    assert len(json.loads((tmp_path / "resumed" / train.HISTORY_FILE).read_text())) == 2
+    resumed = train.train_bundle(bundle_path, tmp_path / "resumed", {"epochs": 3}, resume=True)
+    _, expected = train.load_trained(straight)
+    _, got = train.load_trained(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_training_needs_only_torch_and_numpy_then_assemble_makes_a_checkpoint(bundle_path, emoji_data, minilm_base, tmp_path):
+    run_dir, checkpoint = tmp_path / "run", tmp_path / "checkpoint"
+    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('PIL', 'tokenizers', 'safetensors', 'transformers')]"
+    command = f"{blocked}; import runpy; runpy.run_module('model.train', run_name='__main__')"
+    subprocess.run([sys.executable, "-c", command, "--bundle", str(bundle_path), "--out", str(run_dir), "--max-steps", "3",
+                    "--threads", "1"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=300)
+    index = json.loads((run_dir / train.TRAINED_INDEX).read_text())
+    outputs = {p.name for p in run_dir.iterdir()}
+    assert outputs == {*index["shards"], train.TRAINED_INDEX, train.HISTORY_FILE, train.RESUME_FILE}
+    assert all((run_dir / name).stat().st_size <= train.MAX_SHARD_BYTES for name in index["shards"])
+    _, trained = train.load_trained(run_dir)
+    assert {name.split(".")[0] for name in trained} == {"image_encoder", "image_projection", "text_projection", "logit_scale"}
+
+    assert train.main(["assemble", str(run_dir), str(checkpoint), "--data", str(emoji_data), "--base", str(minilm_base)]) == 0
+    clip, base = model.load_pretrained(checkpoint), model.load_pretrained(minilm_base)
+    for name, tensor in clip.state_dict().items():
+        expected = trained[name] if name in trained else base.state_dict()[name]
+        torch.testing.assert_close(tensor, expected.half().float(), rtol=0, atol=0)  # saved as fp16
+    assert clip.config.zero_shot_templates and all("{}" in t for t in clip.config.zero_shot_templates)
+    assert (run_dir / "training.png").stat().st_size > 0
+
+
+def test_trained_tensors_are_sharded_under_the_size_limit(tmp_path, monkeypatch):
+    towers = train.TrainedTowers(tiny_recipe(text_width=384))
+    monkeypatch.setattr(train, "MAX_SHARD_BYTES", 64 * 1024)
+    train.save_trained(towers, tiny_recipe(text_width=384), tmp_path)
+    shards = json.loads((tmp_path / train.TRAINED_INDEX).read_text())["shards"]
+    assert len(shards) > 1
+    _, loaded = train.load_trained(tmp_path)
+    for name, tensor in towers.state_dict().items():
+        torch.testing.assert_close(loaded[name], tensor)
+
+
+def test_torchrun_two_gloo_processes_train_two_steps(bundle_path, tmp_path):
+    run_dir = tmp_path / "ddp"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "model.train", "--bundle", str(bundle_path), "--out", str(run_dir), "--max-steps", "2", "--threads", "1"],
+                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=300)
+    history = json.loads((run_dir / train.HISTORY_FILE).read_text())
+    assert history[-1]["step"] == 2
+    _, trained = train.load_trained(run_dir)
+    assert all(torch.isfinite(t).all() for t in trained.values())
+
+
+def test_clip_train_reports_a_missing_index_clearly(tmp_path, capsys):
+    assert train.main([str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "index.jsonl" in capsys.readouterr().err
+
+
+def test_contrastive_loss_does_not_push_apart_images_of_one_concept():
+    def gradient(concepts):
+        logits = torch.tensor([[5.0, 5.0, 0.0], [5.0, 5.0, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
+        loss, accuracy = train.contrastive_loss(logits, torch.tensor(concepts))
+        loss.backward()
+        return logits.grad, accuracy
+
+    same_concept, accuracy = gradient([7, 7, 3])
+    distinct, _ = gradient([1, 2, 3])
+    assert same_concept[0, 1] <= 0 < distinct[0, 1]  # image 0 with caption 1: a positive, not a negative
+    assert accuracy == 1.0
+
+
+def test_augment_without_changes_is_compositing_over_white():
+    rgba = torch.randint(0, 256, (4, 4, 32, 32), dtype=torch.uint8)
+    out = augment(rgba, AugmentConfig(**QUIET), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, train.over_white(rgba), rtol=0, atol=1e-5)  # no flip, no hue change
+
+
+def test_augment_output_is_rgb_in_range_and_varies():
+    rgba = torch.randint(0, 256, (8, 4, 32, 32), dtype=torch.uint8)
+    out = augment(rgba, AugmentConfig(blur=1.0, noise=1.0, jpeg=1.0), torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, train.over_white(rgba), atol=0.05)
+
+
+def test_jpeg_artifacts_grow_as_quality_drops():
+    smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(2, 3, 32, 32).contiguous()
+    checker = ((torch.arange(32).view(-1, 1) + torch.arange(32).view(1, -1)) % 2).float().expand(2, 3, 32, 32)
+    image = torch.cat((smooth[:1], checker[:1]))
+    high = (jpeg_artifacts(image, torch.tensor([100.0, 100.0])) - image).abs().mean()
+    low = (jpeg_artifacts(image, torch.tensor([10.0, 10.0])) - image).abs().mean()
+    assert high < 0.01 < low

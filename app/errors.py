@@ -25,7 +25,7 @@ STATUS = {
     NotReady: 503,
 }
 
-# (status, code, example message) for the OpenAPI page and docs/service.md
+# (status, code, example message) for the OpenAPI page and the README's error table
 ERROR_TABLE = [
     (401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)"),
     (413, "upload_too_large", "request body is over the limit of 1048576 bytes (CLIP_MAX_UPLOAD_BYTES)"),

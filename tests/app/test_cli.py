@@ -14,7 +14,7 @@ from .server import ROOT, image_bytes
 
 def test_entry_points_declared():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"clip-serve": "app.cli:serve", "clip-classify": "app.cli:classify"}
+    assert scripts["clip-serve"] == "app.cli:serve" and scripts["clip-classify"] == "app.cli:classify"
     assert callable(cli.serve) and callable(cli.classify)
 
 

@@ -47,11 +47,30 @@ class Bundle:
     val_concepts: torch.Tensor      # (M,) long
     class_features: torch.Tensor    # (C, T) float32
 
-    def sample_captions(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One caption row (into caption_features) per image index, drawn uniformly from its captions."""
-        start, end = self.caption_offsets[images], self.caption_offsets[images + 1]
-        pick = (torch.rand(len(images), generator=generator) * (end - start)).long()
-        return self.caption_index[start + pick]
+    def caption_draws(self, sampling: str = "uniform") -> torch.Tensor:
+        """Cumulative draw weights over caption_index, each image's own summing to 1, so image i's
+        captions cover [i, i + 1) (see sample_captions). "uniform": every caption of an image alike;
+        "specific": a caption weighs 1 / the number of concepts whose images carry it."""
+        lengths = self.caption_offsets[1:] - self.caption_offsets[:-1]
+        image_of_entry = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        if sampling == "specific":
+            pairs = torch.unique(torch.stack((self.caption_index, self.train_concepts[image_of_entry])), dim=1)
+            concepts_per_caption = torch.bincount(pairs[0], minlength=len(self.caption_features))
+            weights = 1.0 / concepts_per_caption[self.caption_index].double()
+        else:
+            weights = torch.ones(len(self.caption_index), dtype=torch.float64)
+        per_image = torch.zeros(len(lengths), dtype=torch.float64).index_add_(0, image_of_entry, weights)
+        return torch.cumsum(weights / per_image[image_of_entry], dim=0)
+
+    def sample_captions(self, images: torch.Tensor, generator: torch.Generator,
+                        draws: torch.Tensor | None = None) -> torch.Tensor:
+        """One caption row (into caption_features) per image index, drawn by ``draws``
+        (caption_draws(); uniform when not given)."""
+        draws = self.caption_draws() if draws is None else draws
+        target = images.double() + torch.rand(len(images), generator=generator, dtype=torch.float64)
+        entries = torch.searchsorted(draws, target, right=True)
+        entries = torch.minimum(torch.maximum(entries, self.caption_offsets[images]), self.caption_offsets[images + 1] - 1)
+        return self.caption_index[entries]
 
 
 def load_bundle(path: str | Path) -> Bundle:

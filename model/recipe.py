@@ -10,6 +10,9 @@ from typing import Any
 from .errors import ConfigError
 
 
+CAPTION_SAMPLING = ("uniform", "specific")
+
+
 @dataclass
 class Recipe:
     # model: the image tower (VisionConfig fields; pack fills in model.convert.minilm.DEFAULT_VISION
@@ -27,10 +30,20 @@ class Recipe:
     seed: int = 0
     max_steps: int | None = None   # stop after this many steps in all (smoke runs, tests)
     augment: dict = field(default_factory=dict)  # model.augment.AugmentConfig fields to change
+    # the loss: symmetric InfoNCE over the batch's captions, plus (weighted) each image against the
+    # class prompt of every concept seen in training: a thousand-way signal instead of a batch-wide one
+    concept_loss_weight: float = 0.0
+    # how an image's caption is drawn: "uniform", or "specific" (weight 1 / number of concepts whose
+    # images carry that caption, so "a drawing of face", shared by a hundred smileys, is rarely drawn)
+    caption_sampling: str = "uniform"
     # data (used by pack)
     skin_tones: bool = False       # also train on skin-tone variants (extra images of their concept)
     limit_images: int | None = None  # keep only the first N training images (tests)
     val_template: str = "an emoji of {}."  # class prompts for the per-epoch validation accuracy
+
+    def __post_init__(self):
+        if self.caption_sampling not in CAPTION_SAMPLING:
+            raise ConfigError(f"caption_sampling must be one of {', '.join(CAPTION_SAMPLING)}, not {self.caption_sampling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

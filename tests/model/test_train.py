@@ -15,7 +15,8 @@ import torch
 import model
 from model import train
 from model.augment import AugmentConfig, augment, jpeg_artifacts
-from model.bundle import MAX_BUNDLE_BYTES, load_bundle, pack, pooled_text_features
+from model.bundle import MAX_BUNDLE_BYTES, Bundle, load_bundle, pack, pooled_text_features
+from model.errors import ConfigError
 from model.data.index import read_index
 from model.recipe import Recipe
 from tests.model.conftest import TINY_EMBED_DIM, TINY_VISION
@@ -164,3 +165,43 @@ def test_jpeg_artifacts_grow_as_quality_drops():
     high = (jpeg_artifacts(image, torch.tensor([100.0, 100.0])) - image).abs().mean()
     low = (jpeg_artifacts(image, torch.tensor([10.0, 10.0])) - image).abs().mean()
     assert high < 0.01 < low
+
+
+def two_image_bundle() -> Bundle:
+    """Image 0 (concept 0) has captions 0 and 1, image 1 (concept 1) captions 0 and 2: caption 0
+    is shared by two concepts, 1 and 2 are each their own concept's. Concept 2 has no image."""
+    features = torch.eye(3)
+    return Bundle(Recipe(), torch.zeros((2, 4, 8, 8), dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 2, 4]),
+                  torch.tensor([0, 1, 0, 2]), features, torch.zeros((0, 4, 8, 8), dtype=torch.uint8),
+                  torch.zeros(0, dtype=torch.long), features)
+
+
+@pytest.mark.parametrize("sampling, expected_share", [("uniform", 1 / 2), ("specific", 2 / 3)])
+def test_caption_sampling_draws_shared_captions_less_often_when_specific(sampling, expected_share):
+    bundle = two_image_bundle()
+    draws = bundle.caption_draws(sampling)
+    images = torch.tensor([0, 1]).repeat(20_000)
+    captions = bundle.sample_captions(images, torch.Generator().manual_seed(0), draws).view(-1, 2)
+    assert set(captions[:, 0].tolist()) == {0, 1} and set(captions[:, 1].tolist()) == {0, 2}  # never another image's
+    own_caption_share = (captions != 0).float().mean(dim=0)
+    torch.testing.assert_close(own_caption_share, torch.full((2,), expected_share), rtol=0, atol=0.01)
+
+
+def test_unknown_caption_sampling_is_a_clear_error():
+    with pytest.raises(ConfigError, match="caption_sampling must be one of uniform, specific"):
+        Recipe(caption_sampling="rare")
+
+
+def test_concept_loss_classes_are_the_seen_concepts_only():
+    seen, row = train.seen_concepts(two_image_bundle())
+    assert seen.tolist() == [0, 1] and row.tolist() == [0, 1, -1]
+
+
+def test_concept_loss_enters_the_training_loss_and_falls(bundle_path, tmp_path):
+    """Same seed, same batches: the weighted concept term changes the loss, and training lowers it."""
+    plain = train.train_bundle(bundle_path, tmp_path / "plain", {"epochs": 4, "augment": QUIET})
+    with_concepts = train.train_bundle(bundle_path, tmp_path / "concepts", {"epochs": 4, "augment": QUIET, "concept_loss_weight": 1.0})
+    plain_history = json.loads((plain / train.HISTORY_FILE).read_text())
+    concept_history = json.loads((with_concepts / train.HISTORY_FILE).read_text())
+    assert concept_history[-1]["loss"] != plain_history[-1]["loss"]
+    assert concept_history[-1]["loss"] < concept_history[0]["loss"]

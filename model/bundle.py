@@ -62,11 +62,9 @@ class Bundle:
         per_image = torch.zeros(len(lengths), dtype=torch.float64).index_add_(0, image_of_entry, weights)
         return torch.cumsum(weights / per_image[image_of_entry], dim=0)
 
-    def sample_captions(self, images: torch.Tensor, generator: torch.Generator,
-                        draws: torch.Tensor | None = None) -> torch.Tensor:
-        """One caption row (into caption_features) per image index, drawn by ``draws``
-        (caption_draws(); uniform when not given)."""
-        draws = self.caption_draws() if draws is None else draws
+    def sample_captions(self, images: torch.Tensor, generator: torch.Generator, draws: torch.Tensor) -> torch.Tensor:
+        """One caption row (into caption_features) per image index, drawn by ``draws`` (caption_draws(),
+        computed once per run)."""
         target = images.double() + torch.rand(len(images), generator=generator, dtype=torch.float64)
         entries = torch.searchsorted(draws, target, right=True)
         entries = torch.minimum(torch.maximum(entries, self.caption_offsets[images]), self.caption_offsets[images + 1] - 1)

@@ -104,12 +104,31 @@ def training_precision(device: torch.device, precision: str = "auto") -> torch.d
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
 
 
-def attention_kernel(device: torch.device):
-    """On CPU, the plain-math attention: the fused CPU kernel's backward pass is about twice as
-    slow at these short sequences (measured: 71 vs 42 img/s, patch 8 at 64 px, bf16)."""
-    if device.type == "cpu":
-        return sdpa_kernel(SDPBackend.MATH)
-    return contextlib.nullcontext()
+def attention_kernel(math_attention: bool):
+    """The plain-math attention where asked (on CPU, train_bundle asks): at these short sequences the
+    fused CPU kernel's backward pass took 44 % of a bf16 training step under torch.profiler."""
+    return sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, pixels: torch.Tensor, caption_features: torch.Tensor,
+                  concepts: torch.Tensor, concept_weight: float = 0.0, concept_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  autocast_dtype: torch.dtype | None = None, math_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns (loss, batch top-1). ``concept_targets`` (the seen
+    concepts' class-prompt features, each concept's row among them: seen_concepts) adds the concept
+    loss with ``concept_weight``; without it no concept logits are computed."""
+    device = pixels.device
+    text_sets = [caption_features] + ([concept_targets[0]] if concept_targets is not None else [])
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None), \
+            attention_kernel(math_attention):
+        logits, *concept_logits = model(pixels, *text_sets)
+    loss, accuracy = contrastive_loss(logits, concepts.to(device))
+    if concept_targets is not None:
+        rows = concept_targets[1][concepts].to(device)
+        loss = loss + concept_weight * F.cross_entropy(concept_logits[0].float(), rows)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, accuracy
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -269,8 +288,10 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     model = nn.parallel.DistributedDataParallel(towers) if world > 1 else towers
     augment_config = AugmentConfig(**recipe.augment)
     draws = bundle.caption_draws(recipe.caption_sampling)
-    seen, concept_row = seen_concepts(bundle)
-    concept_features = bundle.class_features[seen].to(device)
+    concept_targets = None
+    if recipe.concept_loss_weight:
+        seen, concept_row = seen_concepts(bundle)
+        concept_targets = (bundle.class_features[seen].to(device), concept_row)
     autocast_dtype = training_precision(device, precision)
     if rank == 0:
         print(f"training in {autocast_dtype or torch.float32} on {device}", file=sys.stderr)
@@ -287,16 +308,9 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
             indices = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size][rank::world][:per_process]
             captions = bundle.sample_captions(indices, generator, draws)
             pixels = normalize(augment(bundle.train_images[indices].to(device), augment_config, _device_generator(device, generator)))
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None), \
-                    attention_kernel(device):
-                logits, concept_logits = model(pixels, bundle.caption_features[captions].to(device), concept_features)
-            concepts = bundle.train_concepts[indices]
-            loss, accuracy = contrastive_loss(logits, concepts.to(device))
-            if recipe.concept_loss_weight:
-                loss = loss + recipe.concept_loss_weight * F.cross_entropy(concept_logits.float(), concept_row[concepts].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, accuracy = training_step(model, optimizer, pixels, bundle.caption_features[captions].to(device),
+                                           bundle.train_concepts[indices], recipe.concept_loss_weight, concept_targets,
+                                           autocast_dtype, math_attention=device.type == "cpu")
             scheduler.step()
             step += 1
             losses.append(loss.item())

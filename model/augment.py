@@ -44,8 +44,13 @@ def augment(rgba: torch.Tensor, config: AugmentConfig, generator: torch.Generato
 
 
 def _some(x: torch.Tensor, probability: float, generator, transform) -> torch.Tensor:
-    """Apply ``transform`` to a random share ``probability`` of the images (computed on those only)."""
-    chosen = (torch.rand(x.shape[0], generator=generator, device=x.device) < probability).nonzero().squeeze(1)
+    """Apply ``transform`` to a random share ``probability`` of the images. On the CPU it is computed
+    on those only; on a GPU on all of them and blended, because picking the chosen ones out waits
+    for the device (a host sync per call) and the GPU has the spare arithmetic."""
+    chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < probability
+    if x.device.type != "cpu":
+        return torch.where(chosen.view(-1, 1, 1, 1), transform(x), x)
+    chosen = chosen.nonzero().squeeze(1)
     if len(chosen) == 0:
         return x
     x = x.clone()

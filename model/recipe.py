@@ -29,6 +29,10 @@ class Recipe:
     warmup_steps: int = 100
     seed: int = 0
     max_steps: int | None = None   # stop after this many steps in all (smoke runs, tests)
+    # a wall-time budget for the training steps, in seconds: after a few steps the loop measures
+    # its step rate and sizes the schedule (warmup + cosine) to end inside the budget. For a
+    # host whose speed is not known in advance (a lent GPU); None: the schedule is epochs * steps.
+    max_seconds: float | None = None
     augment: dict = field(default_factory=dict)  # model.augment.AugmentConfig fields to change
     # the loss: symmetric InfoNCE over the batch's captions, plus (weighted) each image against the
     # class prompt of every concept seen in training: a thousand-way signal instead of a batch-wide one

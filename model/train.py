@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -131,13 +132,56 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, pixels: to
     return loss, accuracy
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+class WarmupCosine:
+    """Linear warmup, then cosine decay to zero at ``total_steps``. A callable object rather than a
+    closure so LambdaLR keeps it in its state (for --resume), and so a time budget can set
+    ``total_steps`` once the step rate is known."""
+
+    def __init__(self, warmup_steps: int, total_steps: int):
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+
+
+class TimeBudget:
+    """Sizes a schedule to Recipe.max_seconds: times the steps after the first few (allocator and
+    kernel warm-up), then says how many steps in all fit in what is left, keeping a share back
+    for validation and saving."""
+
+    UNTIMED_STEPS = 5
+    TIMED_STEPS = 20
+    RESERVE = 0.1
+
+    def __init__(self, seconds: float, device: torch.device):
+        self.seconds, self.device = seconds, device
+        self.started = time.perf_counter()
+        self.timing_from: tuple[int, float] | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def exhausted(self) -> bool:
+        return self.elapsed() >= self.seconds
+
+    def total_steps(self, steps_done: int, first_step: int) -> int | None:
+        """Called after every step: None until the timed steps are done, then the whole run's step count."""
+        timed = steps_done - first_step - self.UNTIMED_STEPS
+        if timed not in (0, self.TIMED_STEPS):
+            return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the queued kernels belong to the steps being timed
+        now = time.perf_counter()
+        if timed == 0:
+            self.timing_from = (steps_done, now)
+            return None
+        first, then = self.timing_from
+        per_step = (now - then) / (steps_done - first)
+        left = (1 - self.RESERVE) * self.seconds - self.elapsed()
+        return steps_done + max(0, int(left / per_step))
 
 
 def make_optimizer(towers: TrainedTowers, recipe: Recipe) -> torch.optim.AdamW:
@@ -145,7 +189,8 @@ def make_optimizer(towers: TrainedTowers, recipe: Recipe) -> torch.optim.AdamW:
     decay = [p for p in towers.parameters() if p.ndim >= 2 and p is not towers.image_encoder.pos_embed]
     rest = [p for p in towers.parameters() if all(p is not q for q in decay)]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.learning_rate, betas=(0.9, 0.98), eps=1e-6)
+    fused = next(towers.parameters()).device.type == "cuda"  # one kernel for all parameters instead of dozens
+    return torch.optim.AdamW(groups, lr=recipe.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=fused)
 
 
 def normalize(rgb: torch.Tensor) -> torch.Tensor:
@@ -230,20 +275,31 @@ def _write_json(path: Path, data) -> None:
 
 
 class Progress:
-    """One status line, redrawn in place on a terminal, printed every tenth of the epoch in a log."""
+    """One status line, redrawn in place on a terminal; in a log, a line at each tenth of the epoch
+    and at its end, at most one every ``LOG_INTERVAL`` seconds (a GPU runs an epoch in a second)."""
+
+    LOG_INTERVAL = 5.0
 
     def __init__(self, total: int, label: str, enabled: bool):
         self.total, self.label, self.enabled = total, label, enabled
         self.started = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
-    def update(self, done: int, images: int, **values: float) -> None:
-        if not self.enabled or not (self.tty or done == self.total or done % max(1, self.total // 10) == 0):
+    _last_line = 0.0  # shared by every epoch's Progress, so the interval spans epochs
+
+    def update(self, done: int, images: int, values: Callable[[], dict[str, float]]) -> None:
+        """``values`` is called only when a line is printed: reading a loss off a GPU waits for it."""
+        if not self.enabled:
             return
+        now = time.perf_counter()
+        if not self.tty and not ((done == self.total or done % max(1, self.total // 10) == 0)
+                                 and now - Progress._last_line >= self.LOG_INTERVAL):
+            return
+        Progress._last_line = now
         width = 24
         bar = "#" * (width * done // self.total) + "." * (width - width * done // self.total)
-        rate = images / max(1e-9, time.perf_counter() - self.started)
-        stats = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        rate = images / max(1e-9, now - self.started)
+        stats = " ".join(f"{k} {v:.4g}" for k, v in values().items())
         line = f"{self.label} [{bar}] {done}/{self.total} {stats} {rate:.0f} img/s"
         print(("\r" + line) if self.tty else line, end="" if self.tty and done < self.total else "\n", file=sys.stderr, flush=True)
 
@@ -251,8 +307,10 @@ class Progress:
 # ----------------------------------------------------------------------------- the training loop
 
 def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict | None = None, resume: bool = False,
-                 precision: str = "auto") -> Path:
-    """Train from a bundle into RUN_DIR. Returns RUN_DIR."""
+                 precision: str = "auto", save_every: float = 0.0) -> Path:
+    """Train from a bundle into RUN_DIR. Returns RUN_DIR. Validation and saving happen after an
+    epoch once ``save_every`` seconds have passed since the last (0: after every epoch), and
+    always after the last."""
     rank, world, device = setup_distributed()
     run_dir = Path(run_dir)
     bundle = load_bundle(bundle_path)
@@ -275,13 +333,15 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     total_steps = recipe.epochs * steps_per_epoch
     if recipe.max_steps:
         total_steps = min(total_steps, recipe.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, total_steps))
+    schedule = WarmupCosine(recipe.warmup_steps, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history, start_epoch = [], 0
     if resume and (run_dir / RESUME_FILE).exists():
         state = torch.load(run_dir / RESUME_FILE, map_location=device, weights_only=True)
         towers.load_state_dict(state["towers"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        total_steps = schedule.total_steps  # as the interrupted run had sized it
         history, start_epoch = state["history"], state["epoch"]
         if rank == 0:
             print(f"resumed {run_dir} after epoch {start_epoch}", file=sys.stderr)
@@ -291,11 +351,19 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     concept_targets = None
     if recipe.concept_loss_weight:
         seen, concept_row = seen_concepts(bundle)
-        concept_targets = (bundle.class_features[seen].to(device), concept_row)
+        concept_targets = (bundle.class_features[seen].to(device), concept_row.to(device))
+    # the whole training set lives on the device (uint8, tens of MiB): no copy per step
+    train_images, caption_features = bundle.train_images.to(device), bundle.caption_features.to(device)
+    train_concepts = bundle.train_concepts.to(device)
     autocast_dtype = training_precision(device, precision)
+    if recipe.max_seconds and world > 1:
+        raise ModelError("max_seconds sizes the schedule from one process's step rate: under torchrun, set epochs or max_steps")
+    budget = TimeBudget(recipe.max_seconds, device) if recipe.max_seconds else None
     if rank == 0:
-        print(f"training in {autocast_dtype or torch.float32} on {device}", file=sys.stderr)
-    step = scheduler.last_epoch
+        print(f"training in {autocast_dtype or torch.float32} on {device}"
+              + (f", {recipe.max_seconds:g} s budget" if budget else ""), file=sys.stderr)
+    step = first_step = scheduler.last_epoch
+    last_save = time.perf_counter()
     for epoch in range(start_epoch, recipe.epochs):
         if step >= total_steps:
             break
@@ -307,21 +375,36 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
         for batch in range(progress.total):
             indices = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size][rank::world][:per_process]
             captions = bundle.sample_captions(indices, generator, draws)
-            pixels = normalize(augment(bundle.train_images[indices].to(device), augment_config, _device_generator(device, generator)))
-            loss, accuracy = training_step(model, optimizer, pixels, bundle.caption_features[captions].to(device),
-                                           bundle.train_concepts[indices], recipe.concept_loss_weight, concept_targets,
+            indices = indices.to(device)
+            pixels = normalize(augment(train_images[indices], augment_config, _device_generator(device, generator)))
+            loss, accuracy = training_step(model, optimizer, pixels, caption_features[captions.to(device)],
+                                           train_concepts[indices], recipe.concept_loss_weight, concept_targets,
                                            autocast_dtype, math_attention=device.type == "cpu")
             scheduler.step()
             step += 1
-            losses.append(loss.item())
-            accuracies.append(accuracy.item())
-            progress.update(batch + 1, (batch + 1) * recipe.batch_size, loss=losses[-1], acc=accuracies[-1],
-                            lr=scheduler.get_last_lr()[0], scale=towers.logit_scale.exp().item())
-        if rank == 0:
+            losses.append(loss.detach())
+            accuracies.append(accuracy.detach())
+            progress.update(batch + 1, (batch + 1) * recipe.batch_size, lambda: {
+                "loss": losses[-1].item(), "acc": accuracies[-1].item(), "lr": scheduler.get_last_lr()[0],
+                "scale": towers.logit_scale.exp().item()})
+            if budget is not None:
+                sized = budget.total_steps(step, first_step)
+                if sized is not None:
+                    total_steps = schedule.total_steps = min(total_steps, sized)
+                    if rank == 0:
+                        print(f"time budget: {total_steps} steps in all ({total_steps / steps_per_epoch:.0f} epochs)",
+                              file=sys.stderr)
+                if budget.exhausted():
+                    total_steps = step
+            if step >= total_steps:
+                break
+        finished = step >= total_steps or epoch + 1 == recipe.epochs
+        history.append({"epoch": epoch + 1, "step": step, "loss": torch.stack(losses).mean().item(),
+                        "train_accuracy": torch.stack(accuracies).mean().item(), "val_top1": None,
+                        "seconds": time.perf_counter() - progress.started})
+        if rank == 0 and (finished or time.perf_counter() - last_save >= save_every):
             towers.eval()
-            history.append({"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
-                            "train_accuracy": sum(accuracies) / len(accuracies),
-                            "val_top1": validate(towers, bundle, device), "seconds": time.perf_counter() - progress.started})
+            history[-1]["val_top1"] = validate(towers, bundle, device)
             print(f"epoch {epoch + 1}: " + json.dumps(history[-1]), file=sys.stderr, flush=True)
             save_trained(towers, recipe, run_dir)
             _write_json(run_dir / HISTORY_FILE, history)
@@ -329,8 +412,11 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
                         "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch + 1},
                        run_dir / f"{RESUME_FILE}.partial")
             os.replace(run_dir / f"{RESUME_FILE}.partial", run_dir / RESUME_FILE)
+            last_save = time.perf_counter()
         if world > 1:
             dist.barrier()
+        if finished:
+            break
     if world > 1:
         dist.destroy_process_group()
     return run_dir
@@ -433,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--bundle", type=Path, required=True)
     bundle.add_argument("--out", type=Path, required=True, help="RUN_DIR for the trained tensors")
     bundle.add_argument("--resume", action="store_true")
+    bundle.add_argument("--save-every", type=float, default=0.0, metavar="SECONDS",
+                        help="validate and save after an epoch only once this long has passed since the last "
+                             "(default 0: every epoch; the last is always saved)")
     _precision_argument(bundle)
     _recipe_arguments(bundle)
 
@@ -458,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             from .bundle import pack
             pack(args.data_dir, args.bundle, _recipe(args), args.base)
         elif args.command == "bundle":
-            train_bundle(args.bundle, args.out, _recipe_changes(args), args.resume, args.precision)
+            train_bundle(args.bundle, args.out, _recipe_changes(args), args.resume, args.precision, args.save_every)
         elif args.command == "assemble":
             print(f"wrote {assemble(args.run_dir, args.out, args.data, args.base, args.templates)}")
         else:

@@ -205,3 +205,41 @@ def test_concept_loss_enters_the_training_loss_and_falls(bundle_path, tmp_path):
     concept_history = json.loads((with_concepts / train.HISTORY_FILE).read_text())
     assert concept_history[-1]["loss"] != plain_history[-1]["loss"]
     assert concept_history[-1]["loss"] < concept_history[0]["loss"]
+
+
+def test_a_time_budget_sizes_the_schedule_from_the_timed_steps(monkeypatch):
+    clock = iter(range(0, 10_000))  # each reading of the clock is 0.5 s after the last
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock) * 0.5)
+    budget = train.TimeBudget(100.0, torch.device("cpu"))          # started at t = 0
+    sized = [budget.total_steps(step, first_step=0) for step in range(1, 27)]
+    # the first 5 steps are untimed; steps 5..25 are timed between two readings 0.5 s apart, so 0.025 s a
+    # step; at step 25 the clock reads 1.5 s (its 4th reading): 90 s (the budget less 10 %) - 1.5 s left
+    assert sized[:24] == [None] * 24
+    assert sized[24] == 25 + int((90.0 - 1.5) / 0.025)
+    assert sized[25] is None                                          # sized once only
+
+
+def test_a_time_budget_ends_the_run_with_a_saved_validated_epoch(bundle_path, tmp_path):
+    run = train.train_bundle(bundle_path, tmp_path, {"epochs": 10_000, "max_seconds": 3.0, "augment": QUIET})
+    history = json.loads((run / train.HISTORY_FILE).read_text())
+    steps_per_epoch = history[0]["step"]
+    assert history[-1]["step"] < 10_000 * steps_per_epoch
+    assert history[-1]["val_top1"] is not None
+    assert train.load_trained(run)[1]
+
+
+def test_save_every_validates_and_saves_only_when_due_and_always_last(bundle_path, tmp_path):
+    run = train.train_bundle(bundle_path, tmp_path, {"epochs": 3, "augment": QUIET}, save_every=3600.0)
+    history = json.loads((run / train.HISTORY_FILE).read_text())
+    assert [entry["val_top1"] is None for entry in history] == [True, True, False]
+
+
+def test_the_gpu_recipe_trains_on_the_cpu_for_a_few_steps(bundle_path, tmp_path):
+    recipe = json.loads((REPO / "model" / "weights" / "emoji-clip" / "recipe-gpu.json").read_text())
+    vision = {**recipe["vision"], "image_size": 32}  # the test bundle is 32 px
+    run = train.train_bundle(bundle_path, tmp_path, {**recipe, "vision": vision, "batch_size": 8, "max_steps": 2,
+                                                     "warmup_steps": 1, "embed_dim": TINY_EMBED_DIM})
+    trained_recipe, tensors = train.load_trained(run)
+    assert trained_recipe.vision["width"] == recipe["vision"]["width"] and trained_recipe.max_seconds == recipe["max_seconds"]
+    assert json.loads((run / train.HISTORY_FILE).read_text())[-1]["step"] == 2
+    assert all(torch.isfinite(t).all() for t in tensors.values())

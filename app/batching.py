@@ -1,5 +1,9 @@
 """DynamicBatcher: gathers the images of concurrent requests into one forward pass.
 
+Each image travels with its request's ``context`` (for classification, the request's class
+embeddings), so ``run_batch`` can finish every request's work on the device in the same call:
+one trip to the model thread and one wait for the device per batch, not one per request.
+
 A batch closes when it holds ``max_batch`` images or ``max_wait`` seconds after its first
 image arrived, whichever comes first. One worker runs batches, one at a time, in ``executor``
 (off the event loop). The queue is bounded in images: a request that does not fit is refused
@@ -11,7 +15,7 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -21,15 +25,16 @@ from .exceptions import NotReady, Overloaded
 @dataclass
 class _Item:
     pixels: torch.Tensor                     # (3, H, W) uint8
+    context: Any                             # what run_batch needs besides the pixels (shared by a request's images)
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], executor: Executor,
+    def __init__(self, run_batch: Callable[[torch.Tensor, list[Any]], Sequence[torch.Tensor]], executor: Executor,
                  max_batch: int, max_wait: float, max_queue: int,
                  on_batch: Callable[[int, list[float]], None] | None = None):
-        self.run_batch = run_batch          # (B, 3, H, W) uint8 -> (B, D), called in executor
+        self.run_batch = run_batch          # (B, 3, H, W) uint8, B contexts -> B results, called in executor
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -47,15 +52,15 @@ class DynamicBatcher:
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="dynamic-batcher")
 
-    async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Embeddings of ``images``, in order, once the batches holding them have run."""
+    async def submit(self, images: list[torch.Tensor], context: Any = None) -> list[torch.Tensor]:
+        """run_batch's result for each of ``images``, in order, once the batches holding them have run."""
         if self._closing or self._worker is None:
             raise NotReady("the server is shutting down" if self._closing else "the batcher is not running")
         if len(self._pending) + len(images) > self.max_queue:
             raise Overloaded(f"the server is busy: {len(self._pending)} images are queued and the queue holds "
                              f"{self.max_queue}; retry shortly")
         loop = asyncio.get_running_loop()
-        items = [_Item(pixels, loop.create_future()) for pixels in images]
+        items = [_Item(pixels, context, loop.create_future()) for pixels in images]
         self._pending.extend(items)
         self._arrived.set()
         return list(await asyncio.gather(*(item.future for item in items)))
@@ -97,12 +102,13 @@ class DynamicBatcher:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])
         pixels = torch.stack([item.pixels for item in batch])
         try:
-            embeddings = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, pixels)
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, pixels,
+                                                                       [item.context for item in batch])
         except Exception as error:  # a failed batch fails its own requests, never the worker
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
-        for item, embedding in zip(batch, embeddings):
+        for item, output in zip(batch, outputs):
             if not item.future.done():  # the client may have gone away
-                item.future.set_result(embedding)
+                item.future.set_result(output)

@@ -4,6 +4,7 @@ free of HTTP; app/service.py runs it off the event loop and app/batching.py feed
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,25 +39,29 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class LabelCache:
-    """Bounded LRU of class embeddings keyed by (templates, label)."""
+    """Bounded LRU of class embeddings keyed by (templates, label). Thread-safe: the event loop reads
+    it (cache hits need no model thread) while the model thread fills it."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._entries: OrderedDict[tuple[tuple[str, ...], str], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key):
-        embedding = self._entries.get(key)
-        if embedding is not None:
-            self._entries.move_to_end(key)
-        return embedding
+        with self._lock:
+            embedding = self._entries.get(key)
+            if embedding is not None:
+                self._entries.move_to_end(key)
+            return embedding
 
     def put(self, key, embedding: torch.Tensor) -> None:
         if self.capacity == 0:
             return
-        self._entries[key] = embedding
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = embedding
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -124,10 +129,44 @@ class ZeroShotEngine:
             self.on_cache_lookup(len(labels) - len(missing), len(missing))
         return torch.stack([cached[label] for label in labels])
 
+    def cached_label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor | None:
+        """label_embeddings when every label is cached (safe off the model thread), else None."""
+        templates = tuple(templates or self.templates)
+        cached = [self.label_cache.get((templates, label)) for label in labels]
+        if any(embedding is None for embedding in cached):
+            return None
+        if self.on_cache_lookup is not None:
+            self.on_cache_lookup(len(labels), 0)
+        return torch.stack(cached)
+
     @torch.inference_mode()
     def logits(self, image_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
         """(N, C) logits_per_image in float32 on the CPU."""
-        return self.clip.similarity_logits(image_embeddings, class_embeddings).float().cpu()
+        return self._device_logits(image_embeddings, class_embeddings).cpu()
+
+    def _device_logits(self, image_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """In float32 whatever the model's dtype: a bf16 logit near 30 would be rounded to a step of 0.125."""
+        temperature = self.clip.temperature().float()
+        return temperature * image_embeddings.float() @ class_embeddings.float().t()
+
+    @torch.inference_mode()
+    def run_batch(self, pixels: torch.Tensor, class_sets: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """(B, 3, H, W) uint8 from several requests and, per image, its request's (C, D) class
+        embeddings or None -> per image, its logits row (C,) or, without classes, its embedding (D,),
+        float32 on the CPU. Everything after the forward pass stays on the device and comes back in
+        one copy: one wait for the device per batch, however many requests share it."""
+        embeddings = self.encode_images(pixels)
+        outputs = []
+        for start, end, classes in _runs(class_sets):
+            rows = embeddings[start:end]
+            outputs.append(rows.float() if classes is None else self._device_logits(rows, classes))
+        flat = torch.cat([output.flatten() for output in outputs]).cpu()
+        rows, offset = [], 0
+        for output in outputs:
+            for _ in range(output.shape[0]):
+                rows.append(flat[offset:offset + output.shape[1]])
+                offset += output.shape[1]
+        return rows
 
     def warm_up(self) -> None:
         """One tiny forward of each tower, so the first request does not pay for lazy initialisation."""
@@ -157,6 +196,18 @@ def scores(labels: Sequence[str], logits: torch.Tensor) -> list[list[LabelScore]
 
 def top_k(row: list[LabelScore], k: int) -> list[LabelScore]:
     return sorted(row, key=lambda score: score.probability, reverse=True)[:k]
+
+
+def _runs(class_sets: Sequence[torch.Tensor | None]) -> list[tuple[int, int, torch.Tensor | None]]:
+    """(start, end, classes) for each run of consecutive images sharing one class set (one request's
+    images arrive together, so a request is one run or, split across batches, a run in each)."""
+    runs = []
+    for index, classes in enumerate(class_sets):
+        if runs and runs[-1][2] is classes:
+            runs[-1] = (runs[-1][0], index + 1, classes)
+        else:
+            runs.append((index, index + 1, classes))
+    return runs
 
 
 def _naming(error: Exception, filename: str) -> str:

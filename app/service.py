@@ -50,7 +50,7 @@ class ZeroShotService:
             self.state, self.failure = "failed", str(error)
             log.error("model failed to load: %s", error)
             return
-        self.batcher = DynamicBatcher(self.engine.encode_images, self._model_thread,
+        self.batcher = DynamicBatcher(self.engine.run_batch, self._model_thread,
                                       max_batch=self.settings.max_batch, max_wait=self.settings.batch_wait_ms / 1000,
                                       max_queue=self.settings.max_queue, on_batch=metrics.observe_batch)
         self.batcher.start()
@@ -97,10 +97,7 @@ class ZeroShotService:
         labels = clean_labels(labels, self.settings)
         templates = clean_templates(templates, self.settings)
         check_top_k(top_k)
-        pixels = await self._decode(uploads)
-        classes = await self._on_model_thread(engine.label_embeddings, labels, templates)
-        images = torch.stack(await self.batcher.submit(pixels))
-        logits = await self._on_model_thread(engine.logits, images, classes)
+        logits = await self.classify_pixels(await self._decode(uploads), labels, templates)
         metrics.IMAGES.inc(len(uploads))
         k = min(top_k, len(labels))
         results = [{"filename": name, "scores": [asdict(s) for s in row], "top_k": [asdict(s) for s in take_top_k(row, k)]}
@@ -108,11 +105,22 @@ class ZeroShotService:
         return {"results": results, "model": self.model_ref(), "templates": list(templates or engine.templates),
                 "time_ms": round((time.perf_counter() - started) * 1000, 3)}
 
+    async def classify_pixels(self, pixels: list[torch.Tensor], labels: Sequence[str],
+                              templates: Sequence[str] | None) -> torch.Tensor:
+        """Decoded images (uint8 at the input size) -> (N, C) logits, float32 on the CPU. The labels'
+        embeddings come from the cache when they are all there (no model-thread trip), and the logits
+        are computed with the batch (DynamicBatcher, ZeroShotEngine.run_batch)."""
+        engine = self.ready_engine()
+        classes = engine.cached_label_embeddings(labels, templates)
+        if classes is None:
+            classes = await self._on_model_thread(engine.label_embeddings, labels, templates)
+        return torch.stack(await self.batcher.submit(pixels, classes))
+
     async def embed_images(self, uploads: Sequence[Upload]) -> dict:
         self.ready_engine()
         check_image_count(len(uploads), self.settings)
         embeddings = await self.batcher.submit(await self._decode(uploads))
-        return {"filenames": [name for name, _ in uploads], "embeddings": [e.float().cpu().tolist() for e in embeddings],
+        return {"filenames": [name for name, _ in uploads], "embeddings": [e.tolist() for e in embeddings],
                 "model": self.model_ref()}
 
     async def embed_texts(self, texts: Sequence[str], template: str | None) -> dict:

@@ -49,7 +49,7 @@ def test_batcher_closes_on_size_and_refuses_beyond_the_queue(engine):
 
     async def scenario():
         with ThreadPoolExecutor(1) as pool:
-            batcher = DynamicBatcher(engine.encode_images, pool, max_batch=3, max_wait=30, max_queue=5,
+            batcher = DynamicBatcher(engine.run_batch, pool, max_batch=3, max_wait=30, max_queue=5,
                                      on_batch=lambda size, waits: sizes.append(size))
             batcher.start()
             image = engine.decode_image(image_bytes())
@@ -66,3 +66,33 @@ def test_batcher_closes_on_size_and_refuses_beyond_the_queue(engine):
     assert sizes == [3, 2]
     assert all(torch.allclose(r[0], results[0][0]) for r in results)
     assert len(drained) == 2
+
+
+def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine):
+    """run_batch against the per-request path: each image's logits row (its own request's labels)
+    or, for a request without labels, its embedding; split where one request's images end."""
+    engine.label_cache = LabelCache(16)
+    pixels = torch.stack([engine.decode_image(image_bytes(color)) for color in
+                          ((200, 0, 0), (0, 90, 200), (9, 9, 9), (250, 250, 0), (0, 160, 60))])
+    cats, vehicles = engine.label_embeddings(["cat", "dog"]), engine.label_embeddings(["car", "bus", "a red rocket"])
+    contexts = [cats, cats, None, vehicles, cats]  # four requests; the last shares the first's labels, not its tensor
+    contexts[4] = cats.clone()
+    outputs = engine.run_batch(pixels, contexts)
+    assert [tuple(row.shape) for row in outputs] == [(2,), (2,), (24,), (3,), (2,)]
+    alone = [engine.encode_images(pixels[i:i + 1]) for i in range(5)]
+    for index, classes in enumerate(contexts):
+        expected = alone[index][0] if classes is None else engine.logits(alone[index], classes)[0]
+        torch.testing.assert_close(outputs[index], expected.float(), rtol=0, atol=1e-5)
+
+
+def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine):
+    engine.label_cache = LabelCache(16)
+    calls = []
+    engine.on_cache_lookup = lambda hits, misses: calls.append((hits, misses))
+    assert engine.cached_label_embeddings(["cat", "dog"]) is None     # nothing cached: the model thread's job
+    computed = engine.label_embeddings(["cat", "dog"])
+    assert engine.cached_label_embeddings(["cat"]) is not None
+    assert engine.cached_label_embeddings(["cat", "cow"]) is None     # one miss is a miss
+    torch.testing.assert_close(engine.cached_label_embeddings(["dog", "cat"]), computed.flip(0))
+    assert calls == [(0, 2), (1, 0), (2, 0)]                          # misses are counted where they are computed
+    engine.on_cache_lookup = None

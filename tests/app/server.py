@@ -30,7 +30,9 @@ class Server:
     def __init__(self, checkpoint: Path | None, command: str = "clip-serve", **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CLIP_HOST": "127.0.0.1", "CLIP_PORT": str(self.port)}
+        # the repo first, then whatever the caller had (a host may carry the service's packages there)
+        python_path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONPATH": python_path, "CLIP_HOST": "127.0.0.1", "CLIP_PORT": str(self.port)}
         env = {key: value for key, value in env.items() if not key.startswith("CLIP_") or key in ("CLIP_HOST", "CLIP_PORT")}
         if checkpoint is not None:
             env["CLIP_CHECKPOINT"] = str(checkpoint)

@@ -1,0 +1,65 @@
+"""bench/gpu.sh --dry-run: every step of the GPU command runs on the CPU with tiny sizes, so the
+command cannot rot between the rare calls on a lent GPU host (bench/gpu/run.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = ["environment", "training", "cuda_tests", "tower", "engine", "http"]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gpu-dry-run")
+    completed = subprocess.run(["bash", "bench/gpu.sh", str(out), "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                               timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return out
+
+
+def test_every_step_runs_and_is_reported(dry_run):
+    results = json.loads((dry_run / "results.json").read_text())
+    assert list(results["steps"]) == STEPS
+    assert {name: record["status"] for name, record in results["steps"].items()} == dict.fromkeys(STEPS, "ok")
+    summary = (dry_run / "summary.md").read_text()
+    assert all(f"| {name} | ok |" in summary for name in STEPS)
+    log = (dry_run / "log.txt").read_text()
+    assert all(f"== {name}: start" in log and f"== {name}: ok after" in log for name in STEPS)
+
+
+def test_what_comes_back_fits_the_hosts_limits(dry_run):
+    files = sorted(path.name for path in dry_run.iterdir())
+    assert all(path.is_file() for path in dry_run.iterdir())          # nothing nested
+    assert len(files) <= 8 and all(path.stat().st_size <= 16 * 2**20 for path in dry_run.iterdir())
+    assert {"results.json", "summary.md", "log.txt", "trained.json", "history.json"} <= set(files)
+    assert any(name.startswith("trained-") and name.endswith(".pt") for name in files)
+
+
+def test_the_cuda_tests_ran_on_the_cpu_stand_in_and_passed(dry_run):
+    figures = json.loads((dry_run / "results.json").read_text())["steps"]["cuda_tests"]["figures"]
+    assert figures["passed"] > 0 and figures["failed"] == 0
+
+
+def test_the_training_step_trained_the_gpu_recipes_tower(dry_run):
+    figures = json.loads((dry_run / "results.json").read_text())["steps"]["training"]["figures"]
+    trained = json.loads((dry_run / "trained.json").read_text())
+    gpu_recipe = json.loads((REPO / "model" / "weights" / "emoji-clip" / "recipe-gpu.json").read_text())
+    assert trained["recipe"]["vision"] == gpu_recipe["vision"]
+    assert figures["steps"] >= 1 and figures["final"]["val_top1"] is not None
+
+
+def test_a_step_that_fails_is_reported_and_the_others_still_run(tmp_path):
+    """A planted failure: the training step without its bundle (no --dry-run: the real step on the CPU)."""
+    completed = subprocess.run(["bash", "bench/gpu.sh", str(tmp_path), "--only", "environment", "training"], cwd=REPO,
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "PYTHONPATH": "", "CLIP_GPU_CARRY": str(tmp_path / "no-carry")})
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert completed.returncode == 1
+    assert results["steps"]["environment"]["status"] == "ok"
+    assert results["steps"]["training"]["status"] == "failed"
+    assert "bundle.npz not found" in (tmp_path / "log.txt").read_text()

@@ -153,20 +153,20 @@ class ZeroShotEngine:
     def run_batch(self, pixels: torch.Tensor, class_sets: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         """(B, 3, H, W) uint8 from several requests and, per image, its request's (C, D) class
         embeddings or None -> per image, its logits row (C,) or, without classes, its embedding (D,),
-        float32 on the CPU. Everything after the forward pass stays on the device and comes back in
-        one copy: one wait for the device per batch, however many requests share it."""
+        float32 on the CPU. Everything after the forward pass is a handful of device operations
+        whatever the number of requests (every image against every request's classes in one
+        product, each image then keeping its own request's columns), and comes back in one copy:
+        one wait for the device per batch."""
         embeddings = self.encode_images(pixels)
-        outputs = []
-        for start, end, classes in _runs(class_sets):
-            rows = embeddings[start:end]
-            outputs.append(rows.float() if classes is None else self._device_logits(rows, classes))
-        flat = torch.cat([output.flatten() for output in outputs]).cpu()
-        rows, offset = [], 0
-        for output in outputs:
-            for _ in range(output.shape[0]):
-                rows.append(flat[offset:offset + output.shape[1]])
-                offset += output.shape[1]
-        return rows
+        distinct = list({id(classes): classes for classes in class_sets if classes is not None}.values())
+        logits = self._device_logits(embeddings, torch.cat(distinct)).cpu() if distinct else None
+        vectors = embeddings.float().cpu() if any(classes is None for classes in class_sets) else None
+        first_column, column = {}, 0
+        for classes in distinct:
+            first_column[id(classes)], column = column, column + len(classes)
+        return [vectors[image] if classes is None else
+                logits[image, first_column[id(classes)]:first_column[id(classes)] + len(classes)]
+                for image, classes in enumerate(class_sets)]
 
     def warm_up(self) -> None:
         """One tiny forward of each tower, so the first request does not pay for lazy initialisation."""
@@ -196,18 +196,6 @@ def scores(labels: Sequence[str], logits: torch.Tensor) -> list[list[LabelScore]
 
 def top_k(row: list[LabelScore], k: int) -> list[LabelScore]:
     return sorted(row, key=lambda score: score.probability, reverse=True)[:k]
-
-
-def _runs(class_sets: Sequence[torch.Tensor | None]) -> list[tuple[int, int, torch.Tensor | None]]:
-    """(start, end, classes) for each run of consecutive images sharing one class set (one request's
-    images arrive together, so a request is one run or, split across batches, a run in each)."""
-    runs = []
-    for index, classes in enumerate(class_sets):
-        if runs and runs[-1][2] is classes:
-            runs[-1] = (runs[-1][0], index + 1, classes)
-        else:
-            runs.append((index, index + 1, classes))
-    return runs
 
 
 def _naming(error: Exception, filename: str) -> str:

@@ -20,6 +20,7 @@ from .exceptions import ImageTooLarge, StartupError, UnsupportedImage
 log = logging.getLogger("app.engine")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LABEL_SETS_CACHED = 256  # stacked label sets kept; at most 256 x 64 labels x 384 floats (25 MB in fp32)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -88,6 +89,9 @@ class ZeroShotEngine:
         self.templates = tuple(self.config.zero_shot_templates) or DEFAULT_TEMPLATES
         self.max_image_pixels = max_image_pixels
         self.label_cache = LabelCache(label_cache_size)
+        # whole label sets, stacked: a request that repeats a set (the common case) costs no stacking,
+        # and the requests of a batch that share a set share its columns in run_batch
+        self.label_sets = LabelCache(LABEL_SETS_CACHED if label_cache_size else 0)
         self.on_cache_lookup = on_cache_lookup
         log.info("loaded %s (sha256 %s) on %s as %s", self.checkpoint, self.sha256[:12], self.device, self.dtype)
 
@@ -130,14 +134,20 @@ class ZeroShotEngine:
         return torch.stack([cached[label] for label in labels])
 
     def cached_label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor | None:
-        """label_embeddings when every label is cached (safe off the model thread), else None."""
+        """label_embeddings when every label is cached (safe off the model thread), else None.
+        The same labels and templates give the same tensor object while the set stays cached."""
         templates = tuple(templates or self.templates)
-        cached = [self.label_cache.get((templates, label)) for label in labels]
-        if any(embedding is None for embedding in cached):
-            return None
+        key = (templates, tuple(labels))
+        stacked = self.label_sets.get(key)
+        if stacked is None:
+            cached = [self.label_cache.get((templates, label)) for label in labels]
+            if any(embedding is None for embedding in cached):
+                return None
+            stacked = torch.stack(cached)
+            self.label_sets.put(key, stacked)
         if self.on_cache_lookup is not None:
             self.on_cache_lookup(len(labels), 0)
-        return torch.stack(cached)
+        return stacked
 
     @torch.inference_mode()
     def logits(self, image_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:

@@ -8,16 +8,16 @@ at the tiny shape: the dry run that proves these tests' code where no GPU is (te
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from app.batching import DynamicBatcher
 from app.engine import DTYPES, ZeroShotEngine
 from bench.gpu.common import LABELS, random_checkpoint
 from model.clip import MAX_LOGIT_SCALE
+
+from .batcher import running_batcher
 
 pytestmark = pytest.mark.cuda
 
@@ -150,13 +150,8 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
     batch_sizes = []
 
     async def scenario():
-        with ThreadPoolExecutor(1) as pool:
-            batcher = DynamicBatcher(bf16_engine.run_batch, pool, max_batch=3, max_wait=0.2, max_queue=8,
-                                     on_batch=lambda size, waits: batch_sizes.append(size))
-            batcher.start()
-            results = await asyncio.gather(*(batcher.submit(list(request)) for request in requests))
-            await batcher.close()
-            return results
+        async with running_batcher(bf16_engine.run_batch, batch_sizes, max_batch=3, max_wait=0.2, max_queue=8) as batcher:
+            return await asyncio.gather(*(batcher.submit(list(request)) for request in requests))
 
     results = asyncio.run(scenario())
     assert batch_sizes == [3, 3, 2]

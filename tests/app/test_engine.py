@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from app.batching import DynamicBatcher
 from app.engine import LabelCache, ZeroShotEngine
 from app.exceptions import Overloaded
 
+from .batcher import running_batcher
 from .server import image_bytes
 
 
@@ -48,10 +47,7 @@ def test_batcher_closes_on_size_and_refuses_beyond_the_queue(engine):
     sizes = []
 
     async def scenario():
-        with ThreadPoolExecutor(1) as pool:
-            batcher = DynamicBatcher(engine.run_batch, pool, max_batch=3, max_wait=30, max_queue=5,
-                                     on_batch=lambda size, waits: sizes.append(size))
-            batcher.start()
+        async with running_batcher(engine.run_batch, sizes, max_batch=3, max_wait=30, max_queue=5) as batcher:
             image = engine.decode_image(image_bytes())
             first = asyncio.gather(*(batcher.submit([image]) for _ in range(3)))
             results = await asyncio.wait_for(first, 10)  # closed on size, not after 30 s
@@ -59,8 +55,7 @@ def test_batcher_closes_on_size_and_refuses_beyond_the_queue(engine):
             await asyncio.sleep(0)
             with pytest.raises(Overloaded):
                 await batcher.submit([image] * 4)
-            await batcher.close()  # runs what is queued before stopping
-            return results, await waiting
+        return results, await waiting  # closing ran what was queued before stopping
 
     results, drained = asyncio.run(scenario())
     assert sizes == [3, 2]
@@ -86,7 +81,7 @@ def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(
 
 
 def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine):
-    engine.label_cache = LabelCache(16)
+    engine.label_cache, engine.label_sets = LabelCache(16), LabelCache(4)
     calls = []
     engine.on_cache_lookup = lambda hits, misses: calls.append((hits, misses))
     assert engine.cached_label_embeddings(["cat", "dog"]) is None     # nothing cached: the model thread's job
@@ -95,4 +90,7 @@ def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine):
     assert engine.cached_label_embeddings(["cat", "cow"]) is None     # one miss is a miss
     torch.testing.assert_close(engine.cached_label_embeddings(["dog", "cat"]), computed.flip(0))
     assert calls == [(0, 2), (1, 0), (2, 0)]                          # misses are counted where they are computed
+    # a repeated set is the same tensor (no stacking per request; run_batch shares its columns)
+    assert engine.cached_label_embeddings(["dog", "cat"]) is engine.cached_label_embeddings(["dog", "cat"])
+    assert engine.cached_label_embeddings(["dog", "cat"], ["a drawing of a {}."]) is None  # templates are in the key
     engine.on_cache_lookup = None

@@ -20,7 +20,9 @@ from .exceptions import ImageTooLarge, StartupError, UnsupportedImage
 log = logging.getLogger("app.engine")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-LABEL_SETS_CACHED = 256  # stacked label sets kept; at most 256 x 64 labels x 384 floats (25 MB in fp32)
+# stacked label sets kept; with the default limit of 64 labels a request, at most 256 x 64 x 384
+# floats (25 MB in fp32) for a 384-dimensional model; none when the label cache is off
+LABEL_SETS_CACHED = 256
 
 
 def resolve_device(device: str) -> torch.device:
@@ -40,12 +42,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class LabelCache:
-    """Bounded LRU of class embeddings keyed by (templates, label). Thread-safe: the event loop reads
-    it (cache hits need no model thread) while the model thread fills it."""
+    """Bounded LRU of class embeddings, keyed by (templates, label) or, for whole stacked label sets,
+    (templates, labels). Thread-safe: the event loop reads it (cache hits need no model thread)
+    while the model thread fills it."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[tuple[str, ...], str], torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key):
@@ -163,19 +166,15 @@ class ZeroShotEngine:
     def run_batch(self, pixels: torch.Tensor, class_sets: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         """(B, 3, H, W) uint8 from several requests and, per image, its request's (C, D) class
         embeddings or None -> per image, its logits row (C,) or, without classes, its embedding (D,),
-        float32 on the CPU. Everything after the forward pass is a handful of device operations
-        whatever the number of requests (every image against every request's classes in one
-        product, each image then keeping its own request's columns), and comes back in one copy:
-        one wait for the device per batch."""
+        float32 on the CPU. After the forward pass, a handful of device operations whatever the
+        number of requests: every image against every distinct class set in one product, each image
+        then keeping its own set's columns. One wait for the device per batch."""
         embeddings = self.encode_images(pixels)
         distinct = list({id(classes): classes for classes in class_sets if classes is not None}.values())
+        columns = _column_ranges(distinct)
         logits = self._device_logits(embeddings, torch.cat(distinct)).cpu() if distinct else None
         vectors = embeddings.float().cpu() if any(classes is None for classes in class_sets) else None
-        first_column, column = {}, 0
-        for classes in distinct:
-            first_column[id(classes)], column = column, column + len(classes)
-        return [vectors[image] if classes is None else
-                logits[image, first_column[id(classes)]:first_column[id(classes)] + len(classes)]
+        return [vectors[image] if classes is None else logits[image, columns[id(classes)]]
                 for image, classes in enumerate(class_sets)]
 
     def warm_up(self) -> None:
@@ -206,6 +205,15 @@ def scores(labels: Sequence[str], logits: torch.Tensor) -> list[list[LabelScore]
 
 def top_k(row: list[LabelScore], k: int) -> list[LabelScore]:
     return sorted(row, key=lambda score: score.probability, reverse=True)[:k]
+
+
+def _column_ranges(class_sets: list[torch.Tensor]) -> dict[int, slice]:
+    """Each class set's columns once the sets are concatenated, keyed by the set's id()."""
+    ranges, start = {}, 0
+    for classes in class_sets:
+        ranges[id(classes)] = slice(start, start + len(classes))
+        start += len(classes)
+    return ranges
 
 
 def _naming(error: Exception, filename: str) -> str:

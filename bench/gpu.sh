@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU command: every GPU figure this project needs, in one call of at most 7 minutes.
+# The GPU command: every GPU figure this project needs, in one call (346 s on an H200; the steps'
+# caps, bench/gpu/run.py, add up to 515 s).
 #
 #   bench/gpu.sh OUT_DIR              # on a GPU host, after bench/gpu/prepare.py on the CPU host
-#   bench/gpu.sh OUT_DIR --dry-run    # the same steps on the CPU, tiny sizes, about a minute
+#   bench/gpu.sh OUT_DIR --dry-run    # the same steps on the CPU, tiny sizes, about 80 s on 2 cores
 #   bench/gpu.sh OUT_DIR --only tower engine
 #
 # Steps, caps and outputs: bench/gpu/run.py. On a host without the server's packages (a lent GPU

@@ -40,6 +40,7 @@ from .recipe import Recipe
 from .vision import ViT
 
 MAX_SHARD_BYTES = 16 * 1024 * 1024
+MAX_RESIDENT_IMAGE_BYTES = 4 * 2**30  # a bigger training set stays in host memory, copied batch by batch
 TRAINED_INDEX = "trained.json"
 HISTORY_FILE = "history.json"
 RESUME_FILE = "resume.pt"
@@ -156,13 +157,13 @@ class TimeBudget:
     TIMED_STEPS = 20
     RESERVE = 0.1
 
-    def __init__(self, seconds: float, device: torch.device):
-        self.seconds, self.device = seconds, device
-        self.started = time.perf_counter()
+    def __init__(self, seconds: float, device: torch.device, clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.device, self.clock = seconds, device, clock
+        self.started = clock()
         self.timing_from: tuple[int, float] | None = None
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return self.clock() - self.started
 
     def exhausted(self) -> bool:
         return self.elapsed() >= self.seconds
@@ -174,7 +175,7 @@ class TimeBudget:
             return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the queued kernels belong to the steps being timed
-        now = time.perf_counter()
+        now = self.clock()
         if timed == 0:
             self.timing_from = (steps_done, now)
             return None
@@ -251,8 +252,9 @@ def save_trained(towers: TrainedTowers, recipe: Recipe, run_dir: Path) -> None:
     for old in run_dir.glob("trained-*.pt"):
         if old.name not in names:
             old.unlink()
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards):  # every shard written before any replaces the last save's
         torch.save(shard, run_dir / f"{name}.partial")
+    for name in names:
         os.replace(run_dir / f"{name}.partial", run_dir / name)
     _write_json(run_dir / TRAINED_INDEX, {"recipe": recipe.to_dict(), "shards": names})
 
@@ -275,27 +277,30 @@ def _write_json(path: Path, data) -> None:
 
 
 class Progress:
-    """One status line, redrawn in place on a terminal; in a log, a line at each tenth of the epoch
-    and at its end, at most one every ``LOG_INTERVAL`` seconds (a GPU runs an epoch in a second)."""
+    """One status line per training run: redrawn in place on a terminal (at most every
+    ``REDRAW_INTERVAL`` s); in a log, a line at each tenth of an epoch and at its end, at most one
+    every ``LOG_INTERVAL`` seconds (a GPU runs an epoch in a second)."""
 
     LOG_INTERVAL = 5.0
+    REDRAW_INTERVAL = 0.2
 
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.started = time.perf_counter()
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
         self.tty = sys.stderr.isatty()
+        self.last_line = -math.inf
+        self.epoch(0, "")
 
-    _last_line = 0.0  # shared by every epoch's Progress, so the interval spans epochs
+    def epoch(self, total: int, label: str) -> None:
+        self.total, self.label, self.started = total, label, time.perf_counter()
 
     def update(self, done: int, images: int, values: Callable[[], dict[str, float]]) -> None:
         """``values`` is called only when a line is printed: reading a loss off a GPU waits for it."""
-        if not self.enabled:
-            return
         now = time.perf_counter()
-        if not self.tty and not ((done == self.total or done % max(1, self.total // 10) == 0)
-                                 and now - Progress._last_line >= self.LOG_INTERVAL):
+        due = (now - self.last_line >= self.REDRAW_INTERVAL or done == self.total) if self.tty else \
+            ((done == self.total or done % max(1, self.total // 10) == 0) and now - self.last_line >= self.LOG_INTERVAL)
+        if not self.enabled or not due:
             return
-        Progress._last_line = now
+        self.last_line = now
         width = 24
         bar = "#" * (width * done // self.total) + "." * (width - width * done // self.total)
         rate = images / max(1e-9, now - self.started)
@@ -318,6 +323,8 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     if overrides.get("vision"):
         overrides["vision"] = {**bundle.recipe.vision, **overrides["vision"]}
     recipe = bundle.recipe.updated(**overrides)
+    if recipe.max_seconds and world > 1:
+        raise ModelError("max_seconds sizes the schedule from one process's step rate: under torchrun, set epochs or max_steps")
     if recipe.vision["image_size"] != bundle.train_images.shape[-1]:
         raise ModelError(f"the bundle's images are {bundle.train_images.shape[-1]} px but the recipe asks for "
                          f"image_size {recipe.vision['image_size']}: pack again with that recipe")
@@ -352,31 +359,32 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     if recipe.concept_loss_weight:
         seen, concept_row = seen_concepts(bundle)
         concept_targets = (bundle.class_features[seen].to(device), concept_row.to(device))
-    # the whole training set lives on the device (uint8, tens of MiB): no copy per step
-    train_images, caption_features = bundle.train_images.to(device), bundle.caption_features.to(device)
+    # a training set that fits (the emoji set: 119 MiB of uint8) lives on the device: no copy per step
+    resident = device if bundle.train_images.numel() <= MAX_RESIDENT_IMAGE_BYTES else torch.device("cpu")
+    train_images, caption_features = bundle.train_images.to(resident), bundle.caption_features.to(device)
     train_concepts = bundle.train_concepts.to(device)
     autocast_dtype = training_precision(device, precision)
-    if recipe.max_seconds and world > 1:
-        raise ModelError("max_seconds sizes the schedule from one process's step rate: under torchrun, set epochs or max_steps")
     budget = TimeBudget(recipe.max_seconds, device) if recipe.max_seconds else None
     if rank == 0:
         print(f"training in {autocast_dtype or torch.float32} on {device}"
               + (f", {recipe.max_seconds:g} s budget" if budget else ""), file=sys.stderr)
     step = first_step = scheduler.last_epoch
     last_save = time.perf_counter()
+    progress = Progress(rank == 0)
     for epoch in range(start_epoch, recipe.epochs):
         if step >= total_steps:
             break
         generator = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)  # same order in every process
         order = torch.randperm(len(bundle.train_images), generator=generator)
         towers.train()
-        progress = Progress(min(steps_per_epoch, total_steps - step), f"epoch {epoch + 1}/{recipe.epochs}", rank == 0)
+        progress.epoch(min(steps_per_epoch, total_steps - step), f"epoch {epoch + 1}/{recipe.epochs}")
         losses, accuracies = [], []
         for batch in range(progress.total):
             indices = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size][rank::world][:per_process]
             captions = bundle.sample_captions(indices, generator, draws)
+            pixels = train_images[indices.to(resident)].to(device)
             indices = indices.to(device)
-            pixels = normalize(augment(train_images[indices], augment_config, _device_generator(device, generator)))
+            pixels = normalize(augment(pixels, augment_config, _device_generator(device, generator)))
             loss, accuracy = training_step(model, optimizer, pixels, caption_features[captions.to(device)],
                                            train_concepts[indices], recipe.concept_loss_weight, concept_targets,
                                            autocast_dtype, math_attention=device.type == "cpu")
@@ -394,8 +402,8 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
                     if rank == 0:
                         print(f"time budget: {total_steps} steps in all ({total_steps / steps_per_epoch:.0f} epochs)",
                               file=sys.stderr)
-                if budget.exhausted():
-                    total_steps = step
+                if budget.exhausted():  # the estimate ran short: end here, and a --resume will not go on
+                    total_steps = schedule.total_steps = step
             if step >= total_steps:
                 break
         finished = step >= total_steps or epoch + 1 == recipe.epochs

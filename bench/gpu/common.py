@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -133,12 +132,3 @@ def time_calls(call: Callable[[], Any], setting: Setting, iterations: int, warmu
         setting.sync()
         timings.append(time.perf_counter() - started)
     return timings
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": statistics.median(values), "p99": percentile(values, 0.99), "n": len(values)}

@@ -13,7 +13,7 @@ carries at most 64 MiB: the working tree's tracked and untracked-not-ignored fil
     .carry/bundle.npz  the packed training bundle (clip-train pack), for the training step
 
 and prints the call's size. The bundled weights (model/weights/emoji-clip/model.safetensors,
-49 MiB) must stay behind: untrack them for the call (the commands are printed) and restore after.
+55.7 MiB) must stay behind: untrack them for the call (the commands are printed) and restore after.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-CARRY = ROOT / ".carry"
+from common import CARRY, ROOT
 SEED = ROOT.parent / "shared" / "seed" / "seed_clip.py"
 WEIGHTS = "model/weights/emoji-clip/model.safetensors"
 LIMIT_BYTES = 64 * 2**20

@@ -141,9 +141,13 @@ def test_logit_scale_clamp_holds_in_bf16(tmp_path_factory, cuda_shape, cuda_devi
 
 
 def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
+    """Requests cut across batches, some classifying against their own labels (the service's path:
+    run_batch computes their logits with the batch), one asking for embeddings only."""
     request_sizes = [1, 3, 2, 2]  # 8 images in batches of 3: batches cut across requests
     images = images[:sum(request_sizes)]
     requests = list(torch.split(images, request_sizes))
+    label_sets = [LABELS[:2], None, LABELS[2:7], LABELS]
+    classes = [None if labels is None else bf16_engine.label_embeddings(labels) for labels in label_sets]
     alone = torch.cat([bf16_engine.encode_images(image[None]) for image in images])
     apart = cosine(alone[:, None], alone[None, :]) - torch.eye(len(images))
     assert apart.max() < 1 - 10 * BF16_COSINE_GAP  # distinct enough that a swapped row would show
@@ -151,10 +155,21 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
 
     async def scenario():
         async with running_batcher(bf16_engine.run_batch, batch_sizes, max_batch=3, max_wait=0.2, max_queue=8) as batcher:
-            return await asyncio.gather(*(batcher.submit(list(request)) for request in requests))
+            return await asyncio.gather(*(batcher.submit(list(request), request_classes)
+                                          for request, request_classes in zip(requests, classes)))
 
     results = asyncio.run(scenario())
     assert batch_sizes == [3, 3, 2]
     assert [len(rows) for rows in results] == request_sizes
-    rows = torch.stack([row for request_rows in results for row in request_rows])
-    assert cosine(rows, alone).min() > 1 - BF16_COSINE_GAP
+    image = 0
+    for rows, request_classes in zip(results, classes):
+        for row in rows:
+            if request_classes is None:
+                assert cosine(row, alone[image]).item() > 1 - BF16_COSINE_GAP
+            else:  # nearest to this image's logits computed alone with its request's labels, of all images'
+                every_image = bf16_engine.logits(alone, request_classes)
+                distances = (every_image - row).norm(dim=1)
+                assert distances.argmin().item() == image
+                # unit vectors within the cosine gap differ by at most sqrt(2 * gap): logits by the temperature times that
+                assert distances[image] <= bf16_engine.clip.temperature().item() * (2 * BF16_COSINE_GAP) ** 0.5
+            image += 1

@@ -63,15 +63,14 @@ def test_batcher_closes_on_size_and_refuses_beyond_the_queue(engine):
     assert len(drained) == 2
 
 
-def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine):
+def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine, monkeypatch):
     """run_batch against the per-request path: each image's logits row (its own request's labels)
     or, for a request without labels, its embedding; split where one request's images end."""
-    engine.label_cache = LabelCache(16)
+    monkeypatch.setattr(engine, "label_cache", LabelCache(16))
     pixels = torch.stack([engine.decode_image(image_bytes(color)) for color in
                           ((200, 0, 0), (0, 90, 200), (9, 9, 9), (250, 250, 0), (0, 160, 60))])
     cats, vehicles = engine.label_embeddings(["cat", "dog"]), engine.label_embeddings(["car", "bus", "a red rocket"])
-    contexts = [cats, cats, None, vehicles, cats]  # four requests; the last shares the first's labels, not its tensor
-    contexts[4] = cats.clone()
+    contexts = [cats, cats, None, vehicles, cats.clone()]  # four requests; the last shares the first's labels, not its tensor
     outputs = engine.run_batch(pixels, contexts)
     assert [tuple(row.shape) for row in outputs] == [(2,), (2,), (24,), (3,), (2,)]
     alone = [engine.encode_images(pixels[i:i + 1]) for i in range(5)]
@@ -80,10 +79,11 @@ def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(
         torch.testing.assert_close(outputs[index], expected.float(), rtol=0, atol=1e-5)
 
 
-def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine):
-    engine.label_cache, engine.label_sets = LabelCache(16), LabelCache(4)
+def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine, monkeypatch):
+    monkeypatch.setattr(engine, "label_cache", LabelCache(16))
+    monkeypatch.setattr(engine, "label_sets", LabelCache(4))
     calls = []
-    engine.on_cache_lookup = lambda hits, misses: calls.append((hits, misses))
+    monkeypatch.setattr(engine, "on_cache_lookup", lambda hits, misses: calls.append((hits, misses)))
     assert engine.cached_label_embeddings(["cat", "dog"]) is None     # nothing cached: the model thread's job
     computed = engine.label_embeddings(["cat", "dog"])
     assert engine.cached_label_embeddings(["cat"]) is not None
@@ -93,4 +93,3 @@ def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine):
     # a repeated set is the same tensor (no stacking per request; run_batch shares its columns)
     assert engine.cached_label_embeddings(["dog", "cat"]) is engine.cached_label_embeddings(["dog", "cat"])
     assert engine.cached_label_embeddings(["dog", "cat"], ["a drawing of a {}."]) is None  # templates are in the key
-    engine.on_cache_lookup = None

@@ -63,3 +63,23 @@ def test_a_step_that_fails_is_reported_and_the_others_still_run(tmp_path):
     assert results["steps"]["environment"]["status"] == "ok"
     assert results["steps"]["training"]["status"] == "failed"
     assert "bundle.npz not found" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_step_killed_at_its_cap_is_reported_with_what_it_had_measured(tmp_path, monkeypatch):
+    """run.py's own step runner on a step that writes a figure, then hangs (ignoring SIGTERM)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "gpu"))
+    import run
+    hanging = tmp_path / "hanging.py"
+    hanging.write_text("import json, signal, sys, time\n"
+                       "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                       "open(sys.argv[sys.argv.index('--result') + 1], 'w').write(json.dumps({'measured': 1}))\n"
+                       "print('measured one figure', flush=True)\n"
+                       "time.sleep(600)\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    context = run.Context(out, tmp_path, dry_run=True, log=run.Log(out / "log.txt"), caps={"hanging": 2})
+    record = run.run_step(run.Step("hanging", 600, str(hanging), "writes a figure, then hangs"), context)
+    assert record["status"] == "timed out" and record["exit_code"] is None and record["cap_seconds"] == 2
+    assert record["figures"] == {"measured": 1}
+    assert 2 <= record["seconds"] < 2 + run.KILL_GRACE_SECONDS + 10      # SIGTERM ignored, so SIGKILL after the grace
+    assert "measured one figure" in (out / "log.txt").read_text()

@@ -2,13 +2,14 @@
 the torch-and-numpy-only bundle run, assemble, and torchrun with two gloo processes."""
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -207,25 +208,30 @@ def test_concept_loss_enters_the_training_loss_and_falls(bundle_path, tmp_path):
     assert concept_history[-1]["loss"] < concept_history[0]["loss"]
 
 
-def test_a_time_budget_sizes_the_schedule_from_the_timed_steps(monkeypatch):
-    clock = iter(range(0, 10_000))  # each reading of the clock is 0.5 s after the last
-    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock) * 0.5)
-    budget = train.TimeBudget(100.0, torch.device("cpu"))          # started at t = 0
-    sized = [budget.total_steps(step, first_step=0) for step in range(1, 27)]
-    # the first 5 steps are untimed; steps 5..25 are timed between two readings 0.5 s apart, so 0.025 s a
-    # step; at step 25 the clock reads 1.5 s (its 4th reading): 90 s (the budget less 10 %) - 1.5 s left
-    assert sized[:24] == [None] * 24
-    assert sized[24] == 25 + int((90.0 - 1.5) / 0.025)
-    assert sized[25] is None                                          # sized once only
+def test_a_time_budget_sizes_the_schedule_from_the_timed_steps():
+    now = [0.0]
+    budget = train.TimeBudget(100.0, torch.device("cpu"), clock=lambda: now[0])   # started at t = 0
+    sized = {}
+    for step in range(1, 40):
+        now[0] += 0.5 if step <= train.TimeBudget.UNTIMED_STEPS else 0.25    # slow warm-up steps, then 0.25 s each
+        sized[step] = budget.total_steps(step, first_step=0)
+    # timed: steps 6..25 at 0.25 s; at step 25 the clock reads 5 * 0.5 + 20 * 0.25 = 7.5 s, so the
+    # 90 s the budget allows (10 % kept back) leave 82.5 s: 330 more steps
+    assert sized[25] == 25 + 330
+    assert all(value is None for step, value in sized.items() if step != 25)        # sized once only
 
 
-def test_a_time_budget_ends_the_run_with_a_saved_validated_epoch(bundle_path, tmp_path):
-    run = train.train_bundle(bundle_path, tmp_path, {"epochs": 10_000, "max_seconds": 3.0, "augment": QUIET})
+def test_a_time_budget_ends_the_run_at_the_end_of_its_sized_schedule(bundle_path, tmp_path, monkeypatch):
+    readings = itertools.count()
+    clock = lambda: next(readings) * 0.01  # noqa: E731  (each reading 10 ms on: the run is the same on any machine)
+    monkeypatch.setattr(train, "TimeBudget", functools.partial(train.TimeBudget, clock=clock))
+    run = train.train_bundle(bundle_path, tmp_path, {"epochs": 10_000, "max_seconds": 2.0, "augment": QUIET})
     history = json.loads((run / train.HISTORY_FILE).read_text())
-    steps_per_epoch = history[0]["step"]
-    assert history[-1]["step"] < 10_000 * steps_per_epoch
-    assert history[-1]["val_top1"] is not None
-    assert train.load_trained(run)[1]
+    state = torch.load(run / train.RESUME_FILE, weights_only=True)
+    schedule = state["scheduler"]["lr_lambdas"][0]
+    assert schedule["total_steps"] == history[-1]["step"]             # sized, then followed to its end
+    assert state["scheduler"]["_last_lr"][0] < 0.02 * 3e-3            # the cosine ran down (lr 3e-3 at its peak)
+    assert history[-1]["val_top1"] is not None and train.load_trained(run)[1]
 
 
 def test_save_every_validates_and_saves_only_when_due_and_always_last(bundle_path, tmp_path):

@@ -20,6 +20,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.load import LABELS  # noqa: E402,F401  (the ten everyday labels every step classifies against)
+
 # What bench/gpu/prepare.py copies for the trip (the GPU host has no ../shared and no network).
 CARRY = Path(os.environ.get("CLIP_GPU_CARRY", ROOT / ".carry"))  # what bench/gpu/prepare.py writes
 SEED_DIRS = (ROOT.parent / "shared" / "seed", CARRY / "seed")
@@ -39,7 +41,6 @@ TINY_SHAPE = dict(
     embed_dim=24,
 )
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
-LABELS = ["a cat", "a dog", "a pizza", "a car", "a house", "a tree", "a rocket", "an apple", "a ball", "a book"]
 
 
 def import_seed():
@@ -113,6 +114,8 @@ def step_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--result", type=Path, required=True, help="JSON file the step's figures go to")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to prove the step runs")
+    parser.add_argument("--budget", type=float, help="seconds after which the step starts no new measurement "
+                        "(bench/gpu/run.py passes its cap less a margin)")
     return parser
 
 

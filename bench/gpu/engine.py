@@ -58,12 +58,12 @@ class Plan:
     need_s: float                 # seconds a run needs to be started
 
 
-def make_plan(setting: Setting) -> Plan:
+def make_plan(setting: Setting, budget_seconds: float | None = None) -> Plan:
     if setting.dry_run:
         return Plan((64, 48), distinct_images=4, requests=32, warmup_requests=8, ceiling_iterations=5,
                     budget=Budget(600), need_s=0)
     return Plan((640, 480), distinct_images=8, requests=3072, warmup_requests=256, ceiling_iterations=30,
-                budget=Budget(48), need_s=5)
+                budget=Budget(budget_seconds or 48), need_s=5)
 
 
 def photo_like_jpegs(count: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
@@ -297,7 +297,7 @@ def main() -> int:
     results = Results(args.result)
     for key in ("images_per_s", "ratios_to_ceiling"):  # the headline, first in the file
         results[key] = {}
-    plan = make_plan(setting)
+    plan = make_plan(setting, args.budget)
     quiet_threads(setting)
     results["host"] = describe_host(setting)
     log(f"engine: {setting.device}, {'dry run' if setting.dry_run else 'real run'}")

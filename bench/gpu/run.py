@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CUDA_TEST_PATHS = ["tests/model/test_cuda.py", "tests/app/test_cuda.py"]
 KILL_GRACE_SECONDS = 5
+BUDGET_MARGIN = 10  # seconds of a cap a step keeps for starting up and writing out, beyond its budget
 DRY_RUN_CAP = 300  # each step's cap in a dry run: it proves the code runs, not how fast a busy CPU runs it
 
 
@@ -101,6 +102,10 @@ def run_capped(command: list[str], cap: float, log: Log, env: dict | None = None
     return ("ok" if code == 0 else "failed"), code
 
 
+def step_cap(step: Step, context: Context) -> float:
+    return context.caps.get(step.name, DRY_RUN_CAP if context.dry_run else step.cap)
+
+
 def step_command(step: Step, context: Context, result: Path) -> tuple[list[str], dict]:
     """The step's command line and extra environment."""
     if step.script is None:  # the CUDA tests
@@ -108,7 +113,8 @@ def step_command(step: Step, context: Context, result: Path) -> tuple[list[str],
                    f"--junitxml={result.with_suffix('.xml')}"]
         # cpu: the same tests on the CPU stand-in; cuda: fail, never skip, where CUDA is missing
         return command, {"CLIP_TEST_CUDA_DEVICE": "cpu" if context.dry_run else "cuda"}
-    command = [sys.executable, str(HERE / step.script), "--result", str(result)]
+    cap = step_cap(step, context)
+    command = [sys.executable, str(HERE / step.script), "--result", str(result), "--budget", str(cap - BUDGET_MARGIN)]
     if step.name == "training":
         command += ["--run-dir", str(context.scratch / "run")]
     return command + (["--dry-run"] if context.dry_run else []), {}
@@ -148,7 +154,7 @@ def collect_training_outputs(context: Context) -> list[str]:
 def run_step(step: Step, context: Context) -> dict:
     result = context.scratch / f"{step.name}.json"
     command, env = step_command(step, context, result)
-    cap = context.caps.get(step.name, DRY_RUN_CAP if context.dry_run else step.cap)
+    cap = step_cap(step, context)
     context.log.event(f"{step.name}: start (cap {cap:g} s): {step.what}")
     started = time.perf_counter()
     status, code = run_capped(command, cap, context.log, env)

@@ -58,11 +58,11 @@ class Plan:
     compile_need_s: float         # ... and a compiled one, until a compile has been timed
 
 
-def make_plan(setting: Setting) -> Plan:
+def make_plan(setting: Setting, budget_seconds: float | None = None) -> Plan:
     if setting.dry_run:  # the budget never skips anything here: the dry run is there to run every path
         return Plan(torch.bfloat16, {1: 3, 32: 3, 256: 3}, warmup=1, rounds=2, budget=Budget(600),
                     eager_need_s=0, compile_need_s=0)
-    return Plan(torch.bfloat16, {1: 50, 32: 20, 256: 8}, warmup=3, rounds=2, budget=Budget(90),
+    return Plan(torch.bfloat16, {1: 50, 32: 20, 256: 8}, warmup=3, rounds=2, budget=Budget(budget_seconds or 90),
                 eager_need_s=4, compile_need_s=20)
 
 
@@ -299,7 +299,7 @@ def main() -> int:
     args = step_arguments(__doc__.split("\n\n")[0]).parse_args()
     setting = step_setting(args.dry_run)
     results = Results(args.result)
-    plan = make_plan(setting)
+    plan = make_plan(setting, args.budget)
     quiet_threads(setting)
     bench = TowerBench(setting, results, plan)
     results["host"] = describe_host(setting)

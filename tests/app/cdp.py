@@ -98,8 +98,14 @@ class Browser:
         node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
         self.call("DOM.setFileInputFiles", nodeId=node, files=paths)
 
-    def screenshot(self) -> bytes:
-        return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+    def screenshot(self, full_page: bool = False) -> bytes:
+        """The viewport, or with ``full_page`` the whole page however long it is."""
+        options = {}
+        if full_page:
+            size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+            options = {"captureBeyondViewport": True,
+                       "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}}
+        return base64.b64decode(self.call("Page.captureScreenshot", format="png", **options)["data"])
 
     def close(self) -> None:
         try:

@@ -61,11 +61,13 @@ def get_target(base_url: str, path: str = "/healthz", headers: dict[str, str] | 
     return Target("GET", f"{base_url}{path}", headers=tuple((headers or {}).items()))
 
 
-def sample_jpeg(seed: int = 0, size: int = 224, quality: int = 90) -> bytes:
-    """A photo-like JPEG (gradients under noise, some 20-30 KB at 224 px), so decoding costs what a photo does."""
-    gradient = Image.linear_gradient("L").rotate(seed * 37 % 360).resize((size, size))
-    rings = Image.radial_gradient("L").resize((size, size))
-    noise = Image.effect_noise((size, size), 48 + seed % 16)
+def sample_jpeg(seed: int = 0, size: int | tuple[int, int] = 224, quality: int = 90) -> bytes:
+    """A photo-like JPEG (gradients under noise, some 20-30 KB at 224 px), so decoding costs what a
+    photo does. ``size``: a side, or (width, height)."""
+    size = (size, size) if isinstance(size, int) else size
+    gradient = Image.linear_gradient("L").rotate(seed * 37 % 360).resize(size)
+    rings = Image.radial_gradient("L").resize(size)
+    noise = Image.effect_noise(size, 48 + seed % 16)
     buffer = io.BytesIO()
     Image.merge("RGB", (gradient, rings, noise)).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()

@@ -1,82 +1,155 @@
-"""Benchmark the real server: concurrent clients posting one image each, with dynamic batching
-on and with CLIP_MAX_BATCH=1, in one run. Prints images/s and p50/p95 latency for each, and their ratio.
+"""The real server against its own ceiling, in one run. The ceiling is the image tower the server
+runs (same checkpoint, dtype and threads), in this process before the server starts: batch-1
+latency and batch-32 images/s. Then `clip-serve` on loopback, loaded for each cell of concurrency
+1, 8 and 32, a 64 px PNG and a 640x480 JPEG, 1 and 8 images per request, 10 labels (cached after
+the first request): requests/s, images/s, p50/p99 and the ratio to the ceiling.
 
-    python bench/serve.py [--checkpoint DIR] [--clients 16] [--requests 200]
+    python bench/serve.py                        # the bundled checkpoint, 8 s a cell
+    python bench/serve.py --checkpoint DIR --duration 4 --json results.json
 
-Without --checkpoint it makes a tiny checkpoint with the model library's save path. Loopback only.
+The load generator is wrk (Debian's, a Lua script posting the request's bytes) where installed:
+it is C and does not compete with the server for Python's GIL; elsewhere (a GPU host) bench/load.py,
+in Python, over two processes. Every answer must be 2xx: the non-2xx and socket errors are counted.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.app.server import Server, image_bytes  # noqa: E402  (the tests' launcher: the real clip-serve)
+from app.engine import ZeroShotEngine  # noqa: E402
+from app.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from bench.load import classify_target, measure, sample_jpeg  # noqa: E402
+from tests.app.server import Server  # noqa: E402  (the tests' launcher: the real clip-serve)
+
+CONCURRENCY = (1, 8, 32)
+IMAGES_PER_REQUEST = (1, 8)
+WRK_SCRIPT = """
+local file = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+"""
 
 
-def tiny_checkpoint(directory: Path) -> Path:
-    from model.convert.minilm import package_dir
-    from tests.conftest import make_checkpoint
-    return make_checkpoint(directory, package_dir() / "vocab.txt")
+def sample_png(side: int = 64) -> bytes:
+    """A drawing-like PNG: flat colours, an alpha channel, as the emoji the bundled model knows."""
+    image = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    image.paste((230, 160, 40, 255), (side // 8, side // 8, side * 7 // 8, side * 7 // 8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def run(url: str, clients: int, requests: int, labels: list[str]) -> dict:
-    images = [image_bytes((i * 37 % 256, i * 91 % 256, i * 53 % 256), size=(256, 192), format="JPEG")
-              for i in range(clients)]
+def ceiling(checkpoint: Path, iterations: int = 20) -> dict:
+    """The server's tower alone (ZeroShotEngine.encode_images on ready uint8 input), one process."""
+    engine = ZeroShotEngine(checkpoint, device="cpu")
+    size = engine.config.vision.image_size
+    figures = {}
+    for batch in (1, 32):
+        pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        for _ in range(3):
+            engine.encode_images(pixels)
+        timings = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            engine.encode_images(pixels)
+            timings.append(time.perf_counter() - started)
+        figures[f"batch_{batch}"] = {"ms": 1000 * statistics.median(timings), "images_per_s": batch / statistics.median(timings)}
+    return figures
 
-    def one(index: int) -> float:
-        started = time.perf_counter()
-        response = client.post(f"{url}/classify", files=[("images", (f"{index}.jpg", images[index % clients]))],
-                               data={"labels": labels}, timeout=120)
-        response.raise_for_status()
-        return time.perf_counter() - started
 
-    with httpx.Client(limits=httpx.Limits(max_connections=clients)) as client:
-        for i in range(clients):  # warm the label cache and the connections
-            one(i)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            latencies = sorted(pool.map(one, range(requests)))
-        elapsed = time.perf_counter() - started
-    return {"images_per_s": requests / elapsed, "p50_ms": 1000 * statistics.median(latencies),
-            "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))]}
+def run_wrk(url: str, body: bytes, content_type: str, concurrency: int, duration: float) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "body").write_bytes(body)
+        (Path(scratch) / "post.lua").write_text(WRK_SCRIPT)
+        output = subprocess.run(
+            ["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--timeout", "30s",
+             "--latency", "-s", str(Path(scratch) / "post.lua"), f"{url}/classify"],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "BENCH_BODY": str(Path(scratch) / "body"), "BENCH_CONTENT_TYPE": content_type}).stdout
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+            "p50_ms": _wrk_ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1)),
+            "p99_ms": _wrk_ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1)),
+            "errors": sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+            + sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))}
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_python_load(url: str, images: list[bytes], concurrency: int, duration: float) -> dict:
+    result = measure(classify_target(url, images), concurrency, duration, warmup=1.0, processes=2)
+    return {"requests_per_s": result["requests_per_s"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+            "errors": result["errors"] + result["warmup_errors"]}
+
+
+def wait_until_idle(server: Server, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while server.metric("clip_queued_images") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the batch in flight when the queue emptied
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per cell")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    checkpoint = args.checkpoint or tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-ckpt-")))
-    labels = ["cat", "dog", "pizza", "car", "tree"]
-    results = {}
-    for name, max_batch in (("batched", 32), ("max_batch=1", 1)):
-        server = Server(checkpoint, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=4096)
-        try:
-            server.wait_ready()
-            results[name] = run(server.url, args.clients, args.requests, labels)
-            batches = server.metric("clip_batch_size_count")
-            results[name]["mean_batch"] = server.metric("clip_batch_size_sum") / batches
-        finally:
-            server.finish()
-    print(f"checkpoint {checkpoint}, {args.clients} clients, {args.requests} requests of 1 image, "
-          f"{len(labels)} labels, CLIP_BATCH_WAIT_MS={args.batch_wait_ms}")
-    for name, r in results.items():
-        print(f"{name:12s} {r['images_per_s']:8.1f} images/s  p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms"
-              f"  mean batch {r['mean_batch']:.1f}")
-    ratio = results["batched"]["images_per_s"] / results["max_batch=1"]["images_per_s"]
-    print(f"throughput ratio batched / max_batch=1: {ratio:.2f}x")
+    wrk = shutil.which("wrk") is not None
+    tower = ceiling(args.checkpoint)
+    print(f"checkpoint {args.checkpoint}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load from {'wrk' if wrk else 'bench/load.py'}; {args.duration:g} s a cell")
+    print(f"ceiling (the tower alone): batch 1 {tower['batch_1']['ms']:.1f} ms, "
+          f"batch 32 {tower['batch_32']['images_per_s']:.0f} images/s")
+    pictures = {"64 px PNG": sample_png(), "640x480 JPEG": sample_jpeg(size=(640, 480))}
+    server = Server(args.checkpoint, max_queue=1024, log_level="warning").wait_ready()
+    cells = []
+    try:
+        for picture, data in pictures.items():
+            for count in IMAGES_PER_REQUEST:
+                images = [data] * count
+                target = classify_target(server.url, images)
+                for concurrency in CONCURRENCY:
+                    if wrk:
+                        run_wrk(server.url, target.content, dict(target.headers)["content-type"], concurrency, 1.0)  # warm-up
+                        figures = run_wrk(server.url, target.content, dict(target.headers)["content-type"], concurrency, args.duration)
+                    else:
+                        figures = run_python_load(server.url, images, concurrency, args.duration)
+                    figures.update(picture=picture, images=count, concurrency=concurrency,
+                                   images_per_s=figures["requests_per_s"] * count)
+                    figures["of_ceiling"] = figures["images_per_s"] / tower["batch_32"]["images_per_s"]
+                    figures["p50_over_batch_1"] = figures["p50_ms"] / tower["batch_1"]["ms"]
+                    cells.append(figures)
+                    wait_until_idle(server)  # requests wrk left queued must not slow the next cell
+                    print(f"{picture:13s} x{count} c={concurrency:<3d} {figures['requests_per_s']:7.1f} req/s "
+                          f"{figures['images_per_s']:7.1f} img/s ({figures['of_ceiling']:.2f} of ceiling)  "
+                          f"p50 {figures['p50_ms']:7.1f} ms ({figures['p50_over_batch_1']:.1f}x batch 1)  "
+                          f"p99 {figures['p99_ms']:7.1f} ms  errors {figures['errors']}", flush=True)
+    finally:
+        server.finish()
+    if args.json:
+        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "ceiling": tower, "cells": cells}, indent=2))
 
 
 if __name__ == "__main__":

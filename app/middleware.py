@@ -79,18 +79,20 @@ class RequestContext:
 
 
 class ApiKey:
-    """Bearer key on the protected routes, checked before any body is read."""
+    """Bearer key on the protected routes, checked before any body is read. The scheme name is
+    case-insensitive (RFC 7235: "bearer KEY" is as good as "Bearer KEY"); the key is not."""
 
     def __init__(self, app: ASGIApp, api_key: str | None):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is None or scope["type"] != "http" or scope["method"] == "OPTIONS"
                 or not scope["path"].startswith(PROTECTED_PREFIXES)):
             return await self.app(scope, receive, send)
-        given = (_header(scope, b"authorization") or "").encode("latin-1")
-        if not secrets.compare_digest(given, self.expected):
+        given = _header(scope, b"authorization") or ""
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip(" ").encode("latin-1"), self.expected):
             reason = "missing API key" if not given else "wrong API key"
             return await send_error(scope, send, 401, "unauthorized",
                                     f"{reason}: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)",

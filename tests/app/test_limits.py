@@ -8,8 +8,9 @@ import socket
 import time
 
 import httpx
+import pytest
 
-from .server import AUTH, classify, image_bytes
+from .server import API_KEY, AUTH, classify, image_bytes
 
 PNG = image_bytes()
 MIB = 1024 * 1024
@@ -98,3 +99,12 @@ def test_cors_allows_the_configured_origin_only(server):
     assert allowed.headers["access-control-allow-origin"] == "http://example.test"
     other = httpx.options(f"{server.url}/classify", headers={"Origin": "http://evil.test", **preflight})
     assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("authorization, status", [
+    (f"Bearer {API_KEY}", 200), (f"bearer {API_KEY}", 200), (f"BEARER {API_KEY}", 200),  # RFC 7235: the scheme's case
+    (f"Bearer {API_KEY}x", 401), (f"Bearer {API_KEY[:-1]}", 401), (f"Bearer {API_KEY.upper()}", 401),  # the key's exact
+    (f"Basic {API_KEY}", 401), (API_KEY, 401), (f"Bearer{API_KEY}", 401)])
+def test_the_scheme_name_is_case_insensitive_and_the_key_exact(server, authorization, status):
+    response = httpx.get(f"{server.url}/v1/model", headers={"Authorization": authorization}, timeout=30)
+    assert response.status_code == status, authorization

@@ -47,6 +47,8 @@ ERROR_TABLE = [
     (422, "no_texts", "no texts: send at least one string in 'texts'"),
     (422, "empty_text", "a text is empty or only whitespace"),
     (422, "too_many_texts", "70 texts, more than the limit of 64"),
+    (422, "invalid_text", "label 1 holds '\\ud800', a lone UTF-16 surrogate, at character 1: send valid Unicode "
+                          "(a surrogate must be half of a pair)"),
     (503, "queue_full", "the server is busy: 250 images are queued and the queue holds 256; retry shortly"),
     (503, "not_ready", "the model is still loading; retry shortly"),
 ]

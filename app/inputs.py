@@ -10,6 +10,16 @@ from .exceptions import InvalidInput
 from .settings import Settings
 
 
+def check_unicode(text: str, what: str) -> None:
+    """A lone UTF-16 surrogate ("\\ud800" in JSON) decodes into a Python str but is not text: it
+    cannot be tokenised, encoded or echoed back. Refuse it by name instead of failing later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInput(f"{what} holds {text[error.start]!r}, a lone UTF-16 surrogate, at character {error.start + 1}: "
+                           "send valid Unicode (a surrogate must be half of a pair)", "invalid_text") from None
+
+
 def labels_from_form(values: Sequence[str]) -> list[str]:
     """Repeated ``labels`` fields, or one field holding a JSON array of strings."""
     if len(values) == 1 and values[0].lstrip().startswith("["):
@@ -32,6 +42,7 @@ def clean_labels(labels: Sequence[str], settings: Settings) -> list[str]:
         raise InvalidInput(f"{len(labels)} labels, more than the limit of {settings.max_labels}", "too_many_labels")
     cleaned, seen = [], {}
     for position, label in enumerate(labels):
+        check_unicode(label, f"label {position + 1}")
         label = " ".join(label.split())
         if not label:
             raise InvalidInput(f"label {position + 1} is empty or only whitespace", "empty_label")
@@ -54,7 +65,8 @@ def clean_templates(templates: Sequence[str] | None, settings: Settings) -> list
     if len(templates) > settings.max_templates:
         raise InvalidInput(f"{len(templates)} templates, more than the limit of {settings.max_templates}",
                            "too_many_templates")
-    for template in templates:
+    for position, template in enumerate(templates):
+        check_unicode(template, f"template {position + 1}")
         if "{}" not in template:
             raise InvalidInput(f"template {template!r} has no '{{}}' where the label goes, "
                                f"e.g. 'a photo of a {{}}.'", "bad_template")
@@ -66,6 +78,8 @@ def clean_texts(texts: Sequence[str], settings: Settings) -> list[str]:
         raise InvalidInput("no texts: send at least one string in 'texts'", "no_texts")
     if len(texts) > settings.max_texts:
         raise InvalidInput(f"{len(texts)} texts, more than the limit of {settings.max_texts}", "too_many_texts")
+    for position, text in enumerate(texts):
+        check_unicode(text, f"text {position + 1}")
     if any(not text.strip() for text in texts):
         raise InvalidInput("a text is empty or only whitespace", "empty_text")
     return list(texts)
@@ -81,6 +95,13 @@ def check_image_count(count: int, settings: Settings) -> None:
 def check_top_k(top_k: int) -> None:
     if top_k < 1:
         raise InvalidInput(f"top_k must be at least 1, got {top_k}", "bad_top_k")
+
+
+def decode_image_field(data: str, filename: str | None, position: int) -> bytes:
+    """One image of a JSON body: its filename checked (it is echoed back), its base64 decoded."""
+    if filename is not None:
+        check_unicode(filename, f"image {position}'s filename")
+    return decode_base64(data, filename or f"image {position}")
 
 
 def decode_base64(data: str, filename: str) -> bytes:

@@ -139,8 +139,9 @@ class ZeroShotService:
     async def _decode(self, uploads: Sequence[Upload]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
         engine = self.engine
-        return list(await asyncio.gather(*(loop.run_in_executor(self._decoders, engine.decode_image, data, name)
-                                           for name, data in uploads)))
+        return list(await asyncio.gather(*(loop.run_in_executor(self._decoders, engine.decode_image, data,
+                                                                 name or f"image {position}")
+                                           for position, (name, data) in enumerate(uploads, start=1))))
 
     async def _on_model_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)

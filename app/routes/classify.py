@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from ..errors import openapi_responses
-from ..inputs import decode_base64, labels_from_form
+from ..inputs import decode_image_field, labels_from_form
 from ..schemas import ClassifyJSONRequest, ClassifyResponse
 
 router = APIRouter(tags=["classify"])
@@ -39,6 +39,6 @@ async def classify(
              summary="Classify base64 images against labels (JSON body)")
 async def classify_json(request: Request, body: ClassifyJSONRequest) -> dict:
     """The same as POST /classify for clients that cannot send multipart: images as base64 strings."""
-    uploads = [(image.filename, decode_base64(image.data, image.filename or f"image {i + 1}"))
-               for i, image in enumerate(body.images)]
+    uploads = [(image.filename, decode_image_field(image.data, image.filename, position))
+               for position, image in enumerate(body.images, start=1)]
     return await request.app.state.service.classify(uploads, body.labels, body.templates, body.top_k)

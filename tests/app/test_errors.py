@@ -1,7 +1,9 @@
 """Every bad input gets a clear JSON error with the right status, never a 500 (limits: conftest.LIMITS)."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 
 import httpx
 import pytest
@@ -89,3 +91,29 @@ def test_bad_request_does_not_harm_a_good_one_sent_with_it(server):
     mixed = classify(server.url, [("good.png", PNG), ("bad.png", b"garbage")], ["cat"])
     assert mixed.status_code == 415 and "bad.png" in mixed.json()["message"]
     assert classify(server.url, [("good.png", PNG)], ["cat"]).status_code == 200
+
+
+PNG_BASE64 = base64.b64encode(image_bytes()).decode()
+
+
+@pytest.mark.parametrize("route, payload, names", [
+    ("/classify/json", {"images": [{"data": PNG_BASE64}], "labels": ["cat", "\ud800"]}, "label 2"),
+    ("/classify/json", {"images": [{"data": PNG_BASE64}], "labels": ["cat"], "templates": ["a {} \udfff"]}, "template 1"),
+    ("/embed/text", {"texts": ["a dog", "a \ud83d cat"]}, "text 2"),
+    ("/classify/json", {"images": [{"data": PNG_BASE64, "filename": "\ud800.png"}], "labels": ["cat"]}, "filename"),
+])
+def test_a_lone_surrogate_is_a_422_that_says_where(server, route, payload, names):
+    """JSON can carry "\\ud800", which decodes to a str that no encoder takes: refused, never a 500."""
+    body = json.dumps(payload).encode()  # the escapes stay escapes: this is what a client can send
+    response = httpx.post(f"{server.url}{route}", content=body, timeout=60,
+                          headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_text" and names in response.json()["message"]
+    assert "surrogate" in response.json()["message"]
+
+
+def test_an_image_without_a_filename_is_named_by_its_position(server):
+    payload = {"images": [{"data": PNG_BASE64}, {"data": "aGVsbG8="}], "labels": ["cat"]}  # the second is "hello"
+    response = httpx.post(f"{server.url}/classify/json", headers=AUTH, json=payload, timeout=60)
+    assert response.status_code == 415, response.text
+    assert response.json()["message"].startswith("'image 2' is not an image")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
@@ -45,8 +46,11 @@ def load_image(source: bytes | str | os.PathLike | BinaryIO, max_pixels: int | N
             return image.copy() if getattr(image, "n_frames", 1) > 1 else image
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"{name} is too large to decode safely: {error}") from error
+    except Image.DecompressionBombError as error:  # Pillow's own refusal, before ours could measure it
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"has {int(pixels.group(1))} pixels" if pixels else "is too large to decode safely"
+        limit = f"over the limit of {max_pixels}" if max_pixels is not None else f"over Pillow's limit ({error})"
+        raise ImageTooLargeError(f"{name} {size}, {limit}") from error
     except FileNotFoundError as error:
         raise ImageError(f"image file not found: {name}") from error
     except Image.UnidentifiedImageError as error:

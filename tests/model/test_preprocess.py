@@ -1,5 +1,7 @@
 """Decoding and preprocessing on real Pillow images, checked by pixel values."""
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -119,3 +121,20 @@ def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(model.ImageTooLargeError, match="300x200 = 60000 pixels, over the limit of 50000"):
         model.load_image(data, max_pixels=50_000)
     assert model.load_image(data, max_pixels=60_000).size == (300, 200)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header claims width x height (CRC fixed): Pillow reads the size, nothing more."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = 8 + 4  # signature, then the IHDR chunk's length
+    data[header + 4:header + 12] = struct.pack(">II", width, height)
+    data[header + 17:header + 21] = struct.pack(">I", zlib.crc32(bytes(data[header:header + 17])))
+    return bytes(data)
+
+
+def test_a_decompression_bomb_is_refused_with_the_configured_limit_not_pillows():
+    with pytest.raises(model.ImageTooLargeError) as refused:
+        model.load_image(png_claiming(20_000, 10_000), max_pixels=40_000_000)   # over Pillow's 178,956,970 too
+    assert str(refused.value) == "the upload has 200000000 pixels, over the limit of 40000000"

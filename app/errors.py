@@ -35,6 +35,8 @@ ERROR_TABLE = [
     (422, "no_images", "no images: send one or more image files in 'images'"),
     (422, "no_labels", "no labels: send at least one class name in 'labels'"),
     (422, "empty_label", "label 2 is empty or only whitespace"),
+    (422, "unknown_label", "label 2 ('🐱') has only 1 unknown token(s) in the model's vocabulary (emoji, control and "
+                           "zero-width characters are not in it): name the class in words"),
     (422, "duplicate_label", "label 'Cat' repeats 'cat' (labels are compared case-insensitively)"),
     (422, "label_too_long", "label 1 has 300 characters, more than the limit of 100"),
     (422, "too_many_labels", "70 labels, more than the limit of 64"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .exceptions import InvalidInput
 from .settings import Settings
@@ -56,6 +56,18 @@ def clean_labels(labels: Sequence[str], settings: Settings) -> list[str]:
         seen[key] = label
         cleaned.append(label)
     return cleaned
+
+
+def check_labels_known(labels: Sequence[str], word_pieces: Callable[[str], list[str]]) -> None:
+    """Refuses a label whose own WordPiece tokens (before any template) are none or all [UNK]: it
+    would mean nothing to the text tower, and every such label would get the same embedding."""
+    for position, label in enumerate(labels, start=1):
+        pieces = word_pieces(label)
+        if all(piece == "[UNK]" for piece in pieces):
+            found = f"only {len(pieces)} unknown token(s)" if pieces else "no tokens at all"
+            raise InvalidInput(f"label {position} ({label!r}) has {found} in the model's vocabulary (emoji, "
+                               "control and zero-width characters are not in it): name the class in words",
+                               "unknown_label")
 
 
 def clean_templates(templates: Sequence[str] | None, settings: Settings) -> list[str] | None:

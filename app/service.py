@@ -17,7 +17,7 @@ from . import metrics
 from .batching import DynamicBatcher
 from .engine import ZeroShotEngine, scores, top_k as take_top_k
 from .exceptions import NotReady
-from .inputs import check_image_count, check_top_k, clean_labels, clean_templates, clean_texts
+from .inputs import check_image_count, check_labels_known, check_top_k, clean_labels, clean_templates, clean_texts
 from .settings import Settings
 
 log = logging.getLogger("app.service")
@@ -95,6 +95,7 @@ class ZeroShotService:
         engine = self.ready_engine()
         check_image_count(len(uploads), self.settings)
         labels = clean_labels(labels, self.settings)
+        check_labels_known(labels, engine.tokenizer.word_pieces)
         templates = clean_templates(templates, self.settings)
         check_top_k(top_k)
         logits = await self.classify_pixels(await self._decode(uploads), labels, templates)

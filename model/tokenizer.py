@@ -66,6 +66,10 @@ class Tokenizer:
         """The WordPiece tokens of one text, special tokens included (for debugging and docs)."""
         return self._tokenizer.encode(text).tokens
 
+    def word_pieces(self, text: str) -> list[str]:
+        """The WordPiece tokens of one text, without the special tokens around it."""
+        return [token for token in self.tokenize(text) if token not in ("[CLS]", "[SEP]")]
+
     def save(self, directory: str | Path) -> None:
         target = Path(directory) / VOCAB_FILE
         if target.resolve() != self.vocab_path.resolve():

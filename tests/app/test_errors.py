@@ -117,3 +117,16 @@ def test_an_image_without_a_filename_is_named_by_its_position(server):
     response = httpx.post(f"{server.url}/classify/json", headers=AUTH, json=payload, timeout=60)
     assert response.status_code == 415, response.text
     assert response.json()["message"].startswith("'image 2' is not an image")
+
+
+@pytest.mark.parametrize("label, found", [("\x00", "no tokens at all"), ("\u200b", "no tokens at all"),
+                                          ("🐱", "only 1 unknown token(s)"), ("🐱 🐶", "only 2 unknown token(s)")])
+def test_a_label_the_vocabulary_cannot_spell_is_refused(server, label, found):
+    response = classify(server.url, [("a.png", PNG)], ["cat", label], headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "unknown_label"
+    assert response.json()["message"].startswith(f"label 2 ({label!r}) has {found}")
+
+
+def test_a_label_with_one_known_word_among_unknown_ones_is_accepted(server):
+    assert classify(server.url, [("a.png", PNG)], ["🐱 cat", "dog"], headers=AUTH).status_code == 200

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .exceptions import ServiceError, StartupError
-from .settings import Settings
+from .settings import Settings, describe_settings_error
 
 
 def serve(argv: list[str] | None = None) -> None:
@@ -24,7 +24,10 @@ def serve(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
         app = create_app(settings)
-    except (StartupError, ValidationError) as error:
+    except ValidationError as error:
+        print(f"clip-serve: {describe_settings_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except StartupError as error:
         print(f"clip-serve: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,7 +49,10 @@ def classify(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         result = classify_files(args.images, args.labels, args.templates, args.checkpoint, args.top_k)
-    except (ServiceError, ValidationError, OSError) as error:
+    except ValidationError as error:
+        print(f"clip-classify: {describe_settings_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ServiceError, OSError) as error:
         print(f"clip-classify: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.json:

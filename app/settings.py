@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import model
@@ -41,3 +41,16 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """Each problem named by the environment variable that set it (CLIP_PORT='abc': ...), not by
+    pydantic's field name; a secret's value is never repeated."""
+    problems = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem.get("loc") else ""
+        name = f"{Settings.model_config['env_prefix']}{field.upper()}" if field else "a setting"
+        shown = "" if field == "api_key" or "input" not in problem or isinstance(problem["input"], dict) \
+            else f"={problem['input']!r}"
+        problems.append(f"{name}{shown}: {problem['msg']}")
+    return "invalid setting(s): " + "; ".join(problems)

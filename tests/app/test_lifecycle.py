@@ -21,7 +21,8 @@ def failed_starts(tmp_path_factory, tiny_checkpoint):
         (broken / name).write_bytes((tiny_checkpoint / name).read_bytes())
     (broken / "config.json").write_text(json.dumps({"vision": {"colour": "blue"}}))
     servers = {"missing": Server(tmp_path_factory.mktemp("empty") / "nothing-here"),
-               "broken": Server(broken, command="uvicorn")}
+               "broken": Server(broken, command="uvicorn"),
+               "bad setting": Server(tiny_checkpoint, max_batch="many")}
     return {name: (server.wait_exit(), server.finish()) for name, server in servers.items()}
 
 
@@ -33,6 +34,13 @@ def test_bad_checkpoint_stops_start_up_with_one_clear_line(failed_starts, case, 
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
     assert words in lines[0] and "CLIP_CHECKPOINT" in lines[0]
+
+
+def test_a_bad_setting_is_named_by_its_environment_variable(failed_starts):
+    returncode, output = failed_starts["bad setting"]
+    assert returncode == 2
+    assert output.strip() == ("clip-serve: invalid setting(s): CLIP_MAX_BATCH='many': Input should be a valid integer, "
+                              "unable to parse string as an integer"), output
 
 
 def test_default_checkpoint_is_one_constant_inside_the_package(monkeypatch):

@@ -42,6 +42,7 @@ ERROR_TABLE = [
     (422, "too_many_labels", "70 labels, more than the limit of 64"),
     (422, "too_many_images", "20 images, more than the limit of 16"),
     (422, "too_many_templates", "20 templates, more than the limit of 16"),
+    (422, "template_too_long", "template 1 has 1500 characters, more than the limit of 200"),
     (422, "bad_template", "template 'a photo' has no '{}' where the label goes, e.g. 'a photo of a {}.'"),
     (422, "bad_top_k", "top_k must be at least 1, got 0"),
     (422, "invalid_labels", "a JSON labels field must be an array of strings, e.g. [\"cat\", \"dog\"]"),
@@ -49,6 +50,7 @@ ERROR_TABLE = [
     (422, "no_texts", "no texts: send at least one string in 'texts'"),
     (422, "empty_text", "a text is empty or only whitespace"),
     (422, "too_many_texts", "70 texts, more than the limit of 64"),
+    (422, "text_too_long", "text 3 has 5000 characters, more than the limit of 1000"),
     (422, "invalid_text", "label 1 holds '\\ud800', a lone UTF-16 surrogate, at character 1: send valid Unicode "
                           "(a surrogate must be half of a pair)"),
     (503, "queue_full", "the server is busy: 250 images are queued and the queue holds 256; retry shortly"),

@@ -79,6 +79,9 @@ def clean_templates(templates: Sequence[str] | None, settings: Settings) -> list
                            "too_many_templates")
     for position, template in enumerate(templates):
         check_unicode(template, f"template {position + 1}")
+        if len(template) > settings.max_template_chars:
+            raise InvalidInput(f"template {position + 1} has {len(template)} characters, more than the limit of "
+                               f"{settings.max_template_chars}", "template_too_long")
         if "{}" not in template:
             raise InvalidInput(f"template {template!r} has no '{{}}' where the label goes, "
                                f"e.g. 'a photo of a {{}}.'", "bad_template")
@@ -92,6 +95,9 @@ def clean_texts(texts: Sequence[str], settings: Settings) -> list[str]:
         raise InvalidInput(f"{len(texts)} texts, more than the limit of {settings.max_texts}", "too_many_texts")
     for position, text in enumerate(texts):
         check_unicode(text, f"text {position + 1}")
+        if len(text) > settings.max_text_chars:
+            raise InvalidInput(f"text {position + 1} has {len(text)} characters, more than the limit of "
+                               f"{settings.max_text_chars}", "text_too_long")
     if any(not text.strip() for text in texts):
         raise InvalidInput("a text is empty or only whitespace", "empty_text")
     return list(texts)

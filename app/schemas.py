@@ -46,8 +46,9 @@ class ClassifyJSONRequest(BaseModel):
     labels: list[str] = Field(description="class names in plain words (at most CLIP_MAX_LABELS, each at most "
                                           "CLIP_MAX_LABEL_CHARS characters, no duplicates ignoring case)",
                               examples=[["cat", "dog", "pizza"]])
-    templates: list[str] | None = Field(None, description="prompt templates, each with '{}' for the label; default: "
-                                                          "the checkpoint's own (see GET /v1/model)",
+    templates: list[str] | None = Field(None, description="prompt templates, each with '{}' for the label and at most "
+                                                          "CLIP_MAX_TEMPLATE_CHARS characters; default: the "
+                                                          "checkpoint's own (see GET /v1/model)",
                                         examples=[["a photo of a {}."]])
     top_k: int = Field(5, description="how many labels in top_k (capped at the number of labels)", examples=[3])
 

@@ -108,3 +108,20 @@ def test_cors_allows_the_configured_origin_only(server):
 def test_the_scheme_name_is_case_insensitive_and_the_key_exact(server, authorization, status):
     response = httpx.get(f"{server.url}/v1/model", headers={"Authorization": authorization}, timeout=30)
     assert response.status_code == status, authorization
+
+
+def test_template_length_limit_both_sides(server):
+    at_limit, over = "a {} " + "x" * 25, "a {} " + "x" * 26          # 30 and 31 characters (the limit is 30)
+    assert classify(server.url, [("a.png", PNG)], ["cat"], headers=AUTH, template=at_limit).status_code == 200
+    refused = classify(server.url, [("a.png", PNG)], ["cat"], headers=AUTH, template=over)
+    assert refused.status_code == 422 and refused.json()["error"] == "template_too_long"
+    assert refused.json()["message"] == "template 1 has 31 characters, more than the limit of 30"
+
+
+def test_text_length_limit_both_sides(server):
+    def embed(text):
+        return httpx.post(f"{server.url}/embed/text", headers=AUTH, json={"texts": ["a cat", text]}, timeout=30)
+    assert embed("y" * 40).status_code == 200                               # the limit is 40
+    refused = embed("y" * 41)
+    assert refused.status_code == 422 and refused.json()["error"] == "text_too_long"
+    assert refused.json()["message"] == "text 2 has 41 characters, more than the limit of 40"

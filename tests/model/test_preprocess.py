@@ -1,7 +1,10 @@
 """Decoding and preprocessing on real Pillow images, checked by pixel values."""
 import io
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from model.config import CLIP_MEAN, CLIP_STD, VisionConfig
 
 CROP = VisionConfig(image_size=32, patch_size=8)
 SQUASH = VisionConfig(image_size=32, patch_size=8, resize_mode="squash")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def encoded(image: Image.Image, format: str, **options) -> bytes:
@@ -138,3 +142,32 @@ def test_a_decompression_bomb_is_refused_with_the_configured_limit_not_pillows()
     with pytest.raises(model.ImageTooLargeError) as refused:
         model.load_image(png_claiming(20_000, 10_000), max_pixels=40_000_000)   # over Pillow's 178,956,970 too
     assert str(refused.value) == "the upload has 200000000 pixels, over the limit of 40000000"
+
+
+def test_crop_resamples_the_centred_square_of_the_source():
+    """333 x 250 at 32 px: the square is 250 wide, centred 41.5 px in (a half pixel, by hand)."""
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (250, 333, 3), dtype=np.uint8))
+    crop = model.preprocess_images([image], CROP, normalize=False)[0].permute(1, 2, 0).numpy()
+    expected = image.resize((32, 32), Image.Resampling.BICUBIC, box=(41.5, 0, 291.5, 250))
+    assert np.array_equal(crop, np.asarray(expected))
+
+
+@pytest.mark.parametrize("width, height", [(1, 1_000_000), (1_000_000, 1)])
+def test_a_sliver_image_resizes_without_a_giant_intermediate(width, height):
+    """Scaling the whole 1 x 1,000,000 image first would build 64 x 64,000,000 pixels (4 GB); under a
+    512 MiB address-space allowance beyond what the process holds, only the square's resampling fits."""
+    script = f"""
+import resource
+from PIL import Image
+from model.config import VisionConfig
+from model.preprocess import resize
+image = Image.new("L", ({width}, {height}), 90)
+with open("/proc/self/statm") as statm:
+    held = int(statm.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (held + 512 * 2**20, resource.RLIM_INFINITY))
+out = resize(image, VisionConfig(image_size=64, patch_size=8))
+assert out.size == (64, 64) and out.getpixel((10, 10)) == 90, out.size
+"""
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]

@@ -28,6 +28,8 @@ STATUS = {
 # (status, code, example message) for the OpenAPI page and the README's error table
 ERROR_TABLE = [
     (401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)"),
+    (408, "request_timeout", "the request body stalled: no bytes for 30 s while more were due (CLIP_BODY_TIMEOUT_S); "
+                             "send the whole body, as its Content-Length says"),
     (413, "upload_too_large", "request body is over the limit of 1048576 bytes (CLIP_MAX_UPLOAD_BYTES)"),
     (413, "image_too_large", "'big.png' is 20000x20000 = 400000000 pixels, over the limit of 40000000"),
     (415, "unsupported_image", "'notes.txt' is not an image in a format this server can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"),

@@ -9,6 +9,7 @@ import re
 import secrets
 import time
 import uuid
+from typing import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,21 +134,66 @@ class UploadLimit:
                     raise OverflowError("request body over the limit")
             return message
 
-        replaced = False
+        await _answer_unless(self.app, scope, counted_receive, send, lambda: over, OverflowError,
+                             lambda: self._refuse(scope, receive, send))
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal replaced
-            if not over:
-                return await send(message)
-            if not replaced:
-                replaced = True
-                await self._refuse(scope, receive, send)
 
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except OverflowError:
-            if not replaced:
-                await self._refuse(scope, receive, send)
+async def _answer_unless(app: ASGIApp, scope: Scope, receive: Receive, send: Send, refused: Callable[[], bool],
+                         error: type[Exception], refuse: Callable[[], Awaitable[None]]) -> None:
+    """Run ``app``; once ``refused()`` holds (its ``receive`` raised ``error``), the app's own answer
+    to the broken-off body is dropped and ``refuse()`` answers instead, once."""
+    replaced = False
+
+    async def guarded_send(message: Message) -> None:
+        nonlocal replaced
+        if not refused():
+            return await send(message)
+        if not replaced:
+            replaced = True
+            await refuse()
+
+    try:
+        await app(scope, receive, guarded_send)
+    except error:
+        if not replaced:
+            replaced = True
+            await refuse()
+
+
+class BodyTimeout:
+    """408 when a request body stalls: no bytes for ``seconds`` while the client still owes some (a
+    body shorter than its Content-Length held its connection open for good). The pause between
+    reads is what is bounded, as nginx's client_body_timeout does, so slow large uploads still pass.
+    The app's own answer to the broken-off body (FastAPI's 400) is replaced."""
+
+    def __init__(self, app: ASGIApp, seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        await send_error(scope, send, 408, "request_timeout",
+                         f"the request body stalled: no bytes for {self.seconds:g} s while more were due "
+                         "(CLIP_BODY_TIMEOUT_S); send the whole body, as its Content-Length says")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        stalled = False
+
+        async def timed_receive() -> Message:
+            nonlocal stalled
+            try:
+                return await asyncio.wait_for(receive(), self.seconds)
+            except asyncio.TimeoutError:
+                stalled = True
+                raise BodyStalled from None
+
+        await _answer_unless(self.app, scope, timed_receive, send, lambda: stalled, BodyStalled,
+                             lambda: self._refuse(scope, send))
+
+
+class BodyStalled(Exception):
+    """Raised into the app when its next body read timed out (BodyTimeout)."""
 
 
 async def _linger(receive: Receive, max_bytes: int = 4 * 1024 * 1024, seconds: float = 2.0) -> None:

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more images once it has one")
     max_queue: int = Field(256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest pause while a request body is still due; "
+                                                          "a client that stalls longer gets 408")
     max_images: int = Field(16, ge=1, description="most images per request")
     max_labels: int = Field(64, ge=1, description="most labels per request")
     max_label_chars: int = Field(100, ge=1, description="longest label, in characters")

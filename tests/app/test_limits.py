@@ -125,3 +125,30 @@ def test_text_length_limit_both_sides(server):
     refused = embed("y" * 41)
     assert refused.status_code == 422 and refused.json()["error"] == "text_too_long"
     assert refused.json()["message"] == "text 2 has 41 characters, more than the limit of 40"
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_after_the_body_timeout(server):
+    """The server's CLIP_BODY_TIMEOUT_S is 1.5 s: 10 bytes of a declared 1000, then silence."""
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), "Content-Length: 1000",
+               "Content-Type: multipart/form-data; boundary=xyz"]
+    answer, _ = post_raw(server.url, headers, [PART[:10]])
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"request_timeout" in answer and b"CLIP_BODY_TIMEOUT_S" in answer
+
+
+def test_a_slow_body_that_keeps_coming_is_not_cut_off(server):
+    """Pauses shorter than the timeout, 3 s in all (twice the timeout): the pause is bounded, not the total."""
+    image = image_bytes()
+    files = {"images": ("a.png", image, "image/png")}
+    request = httpx.Request("POST", f"{server.url}/classify", files=files, data={"labels": ["cat"]}, headers=AUTH)
+    body = request.read()
+    pieces = [body[i:i + len(body) // 6 + 1] for i in range(0, len(body), len(body) // 6 + 1)]
+
+    def slowly():
+        for piece in pieces:
+            time.sleep(0.5)
+            yield piece
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {len(body)}",
+               f"Content-Type: {request.headers['content-type']}"]
+    answer, _ = post_raw(server.url, headers, slowly())
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]

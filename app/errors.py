@@ -27,6 +27,8 @@ STATUS = {
 
 # (status, code, example message) for the OpenAPI page and the README's error table
 ERROR_TABLE = [
+    (400, "unterminated_multipart", "the multipart body ends without its closing delimiter ('--xyz--'): it was cut "
+                                    "short, so its last part would be lost; send the whole body"),
     (401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)"),
     (408, "request_timeout", "the request body stalled: no bytes for 30 s while more were due (CLIP_BODY_TIMEOUT_S); "
                              "send the whole body, as its Content-Length says"),

@@ -16,7 +16,7 @@ import model
 from . import errors
 from .engine import resolve_device
 from .exceptions import StartupError
-from .middleware import PROTECTED_PREFIXES, ApiKey, BodyTimeout, RequestContext, UploadLimit
+from .middleware import PROTECTED_PREFIXES, ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
 from .routes import classify, embed, health, ui
 from .service import ZeroShotService
 from .settings import DEFAULT_CHECKPOINT, Settings
@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=ui.DOCS_ASSETS_DIR), name="docs-assets")
 
-    # added innermost first: RequestContext wraps all, then CORS, the key, the byte limit, the body timeout
+    # added innermost first: RequestContext wraps all, then CORS, the key, the byte limit, the body
+    # timeout, the multipart closing check
+    app.add_middleware(MultipartClosed)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None

@@ -192,6 +192,52 @@ class BodyTimeout:
                              lambda: self._refuse(scope, send))
 
 
+class MultipartClosed:
+    """400 for a multipart body that ends without its closing delimiter (--boundary--): the parser
+    would drop the last part without a word and the request be answered with a label fewer."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        boundary = _multipart_boundary(scope)
+        if boundary is None:
+            return await self.app(scope, receive, send)
+        closing = b"--" + boundary + b"--"
+        tail, closed, unclosed = b"", False, False
+
+        async def watched_receive() -> Message:
+            nonlocal tail, closed, unclosed
+            message = await receive()
+            if message["type"] == "http.request":
+                window = tail + message.get("body", b"")
+                closed = closed or closing in window
+                tail = window[-len(closing):]
+                if not message.get("more_body", False) and not closed:
+                    unclosed = True
+                    raise MultipartUnclosed
+            return message
+
+        async def refuse() -> None:
+            await send_error(scope, send, 400, "unterminated_multipart",
+                             f"the multipart body ends without its closing delimiter ('--{boundary.decode('latin-1')}--'): "
+                             "it was cut short, so its last part would be lost; send the whole body")
+
+        await _answer_unless(self.app, scope, watched_receive, send, lambda: unclosed, MultipartUnclosed, refuse)
+
+
+def _multipart_boundary(scope: Scope) -> bytes | None:
+    if scope["type"] != "http":
+        return None
+    content_type = _header(scope, b"content-type") or ""
+    match = re.match(r'\s*multipart/form-data\s*;.*?boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    return match.group(1).encode("latin-1") if match else None
+
+
+class MultipartUnclosed(Exception):
+    """Raised into the app at the last body read of a multipart body with no closing delimiter."""
+
+
 class BodyStalled(Exception):
     """Raised into the app when its next body read timed out (BodyTimeout)."""
 

@@ -152,3 +152,27 @@ def test_a_slow_body_that_keeps_coming_is_not_cut_off(server):
                f"Content-Type: {request.headers['content-type']}"]
     answer, _ = post_raw(server.url, headers, slowly())
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+def multipart(closed: bool) -> tuple[list[str], bytes]:
+    """A /classify body of one image and two labels, with or without its closing delimiter."""
+    request = httpx.Request("POST", "http://x/classify", files={"images": ("a.png", PNG, "image/png")},
+                            data={"labels": ["cat", "dog"]})
+    body = request.read()
+    boundary = re.search(r"boundary=(\S+)", request.headers["content-type"]).group(1).encode()
+    assert body.endswith(b"--" + boundary + b"--\r\n")
+    if not closed:  # cut after the last part's value, where a truncated upload ends
+        body = body[:body.rindex(b"\r\n--" + boundary + b"--")]
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {len(body)}",
+               f"Content-Type: {request.headers['content-type']}"]
+    return headers, body
+
+
+def test_a_multipart_body_without_its_closing_delimiter_is_a_400_not_a_label_fewer(server):
+    headers, body = multipart(closed=True)
+    complete, _ = post_raw(server.url, headers, [body])
+    assert complete.startswith(b"HTTP/1.1 200") and complete.count(b'"label"') >= 2, complete[:300]
+    headers, body = multipart(closed=False)
+    answer, _ = post_raw(server.url, headers, [body])
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"unterminated_multipart" in answer and b"closing delimiter" in answer

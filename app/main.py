@@ -3,6 +3,8 @@ environment; ``clip-serve`` (app/cli.py) does the same and binds CLIP_HOST:CLIP_
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from contextlib import asynccontextmanager
 
@@ -31,10 +33,12 @@ When the server has CLIP_API_KEY set, `/classify*`, `/embed/*`, `/v1/model` and 
 
 
 def check_startup(settings: Settings) -> None:
-    """What must hold before the server binds: a usable device and a checkpoint directory that parses."""
+    """What must hold before the server binds: a usable device, a checkpoint directory that parses,
+    and weights whose header fits the config (the tensors themselves load in the background)."""
     resolve_device(settings.device)
     try:
         model.check_checkpoint_files(settings.checkpoint)
+        model.check_weights_header(settings.checkpoint)
     except model.ModelError as error:
         hint = "the bundled default is not in this install: " if settings.checkpoint == DEFAULT_CHECKPOINT else ""
         raise StartupError(f"cannot serve: {error}; {hint}set CLIP_CHECKPOINT to a checkpoint directory "
@@ -42,10 +46,17 @@ def check_startup(settings: Settings) -> None:
                            f"`python -m model.convert minilm OUT_DIR`") from error
 
 
+def stop_this_process() -> None:
+    """A server whose model cannot load must not live on, healthy and never ready: SIGTERM ends it
+    (uvicorn shuts down and exits non-zero), so an orchestrator sees the failure and the log says why."""
+    log.error("stopping: the model did not load, so this server can never become ready")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     check_startup(settings)
-    service = ZeroShotService(settings)
+    service = ZeroShotService(settings, on_failure=stop_this_process)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -9,7 +9,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -26,8 +26,9 @@ Upload = tuple[str, bytes]  # (filename, bytes)
 
 
 class ZeroShotService:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, on_failure: Callable[[], None] | None = None):
         self.settings = settings
+        self.on_failure = on_failure  # called once the background load has failed (the server stops itself)
         self.engine: ZeroShotEngine | None = None
         self.batcher: DynamicBatcher | None = None
         self.state = "starting"
@@ -49,6 +50,8 @@ class ZeroShotService:
         except Exception as error:
             self.state, self.failure = "failed", str(error)
             log.error("model failed to load: %s", error)
+            if self.on_failure is not None:
+                self.on_failure()
             return
         self.batcher = DynamicBatcher(self.engine.run_batch, self._model_thread,
                                       max_batch=self.settings.max_batch, max_wait=self.settings.batch_wait_ms / 1000,

@@ -18,7 +18,7 @@ _SOURCES = {
     "CLIPConfig": "config", "TextConfig": "config", "VisionConfig": "config",
     "Tokenizer": "tokenizer",
     **dict.fromkeys(["load_pretrained", "load_tokenizer", "load_config", "save_pretrained",
-                     "check_checkpoint_files", "weights_sha256"], "checkpoint"),
+                     "check_checkpoint_files", "check_weights_header", "weights_sha256"], "checkpoint"),
     **dict.fromkeys(["preprocess_images", "normalize_pixels", "load_image", "open_images", "to_rgb"], "preprocess"),
     **dict.fromkeys(["ModelError", "ConfigError", "CheckpointError", "TokenizerError", "ImageError",
                      "ImageTooLargeError"], "errors"),

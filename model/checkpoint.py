@@ -6,6 +6,8 @@ All checks of a checkpoint live here, so a broken one fails with one clear Check
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -102,6 +104,46 @@ def check_state_dict(clip: torch.nn.Module, weights: dict[str, torch.Tensor], so
         problems.append(f"{len(mismatched)} shape mismatch(es) (file vs config): {_few(mismatched)}")
     if problems:
         raise CheckpointError(f"weights {source} do not fit the config: " + "; ".join(problems))
+
+
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+def check_weights_header(path: str | Path) -> None:
+    """Reads only the safetensors header of a checkpoint's weights (not the tensors) and checks it
+    against the config: every tensor named and shaped as the model expects, a known dtype, and its
+    bytes inside the file. A zero-byte, truncated or mis-shaped file fails here, before a server
+    binds, instead of in the background load after it reported healthy."""
+    directory = Path(path)
+    file = directory / WEIGHTS_FILE
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else None
+        if length is None or length > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"weights {file} ({size} bytes) are not a safetensors file: "
+                                  "no complete header (empty or cut short?)")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as error:
+            raise CheckpointError(f"weights {file}: the safetensors header does not parse: {error}") from error
+    data_bytes = size - 8 - length
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        itemsize = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        begin, end = entry.get("data_offsets", (0, -1))
+        count = math.prod(entry.get("shape", []))
+        if itemsize is None:
+            raise CheckpointError(f"weights {file}: {name} has dtype {entry.get('dtype')!r}, not a float or int type")
+        if end > data_bytes or end - begin != count * itemsize:
+            raise CheckpointError(f"weights {file}: {name}'s bytes ({begin}..{end}) do not fit its shape "
+                                  f"{entry.get('shape')} or the file's {data_bytes} data bytes (truncated?)")
+        shapes[name] = torch.empty(entry["shape"], device="meta")
+    with torch.device("meta"):
+        clip = CLIP(load_config(directory))
+    check_state_dict(clip, shapes, source=str(file))
 
 
 def weights_sha256(path: str | Path) -> str:

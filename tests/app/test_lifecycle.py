@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from app.exceptions import StartupError
 from app.main import check_startup, create_app
 from app.settings import DEFAULT_CHECKPOINT, Settings
+
+from tests.conftest import make_checkpoint
 
 from .server import Server
 
@@ -20,7 +23,12 @@ def failed_starts(tmp_path_factory, tiny_checkpoint):
     for name in ("model.safetensors", "vocab.txt"):
         (broken / name).write_bytes((tiny_checkpoint / name).read_bytes())
     (broken / "config.json").write_text(json.dumps({"vision": {"colour": "blue"}}))
+    short_vocab = tmp_path_factory.mktemp("short-vocab")  # passes the start-up checks, fails to load
+    for name in ("config.json", "model.safetensors"):
+        (short_vocab / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    (short_vocab / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
     servers = {"missing": Server(tmp_path_factory.mktemp("empty") / "nothing-here"),
+               "load fails": Server(short_vocab),
                "broken": Server(broken, command="uvicorn"),
                "bad setting": Server(tiny_checkpoint, max_batch="many")}
     return {name: (server.wait_exit(), server.finish()) for name, server in servers.items()}
@@ -34,6 +42,33 @@ def test_bad_checkpoint_stops_start_up_with_one_clear_line(failed_starts, case, 
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
     assert words in lines[0] and "CLIP_CHECKPOINT" in lines[0]
+
+
+@pytest.mark.parametrize("case, damage, words", [
+    ("empty", lambda data: b"", "not a safetensors file"),
+    ("truncated", lambda data: data[:len(data) - 100], "truncated?"),
+    ("header only", lambda data: data[:8 + int.from_bytes(data[:8], "little")], "truncated?")])
+def test_broken_weights_stop_start_up_before_binding(tiny_checkpoint, tmp_path, case, damage, words):
+    for name in ("config.json", "vocab.txt"):
+        (tmp_path / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(damage((tiny_checkpoint / "model.safetensors").read_bytes()))
+    with pytest.raises(StartupError, match=re.escape(words)):
+        check_startup(Settings(checkpoint=tmp_path))
+
+
+def test_weights_of_the_wrong_shape_stop_start_up_before_binding(tiny_checkpoint, tmp_path, vocab_path):
+    make_checkpoint(tmp_path, vocab_path, vision=dict(image_size=32, patch_size=8, width=48, num_layers=2,
+                                                      num_heads=2, mlp_dim=64))   # width 48, not the config's 32
+    (tmp_path / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
+    with pytest.raises(StartupError, match=r"shape mismatch\(es\) \(file vs config\): .*\(48"):
+        check_startup(Settings(checkpoint=tmp_path))
+
+
+def test_a_model_that_fails_to_load_in_the_background_ends_the_server_non_zero(failed_starts):
+    returncode, output = failed_starts["load fails"]
+    assert returncode != 0, output
+    assert "model failed to load" in output and "vocab" in output.lower(), output
+    assert "stopping: the model did not load" in output
 
 
 def test_a_bad_setting_is_named_by_its_environment_variable(failed_starts):

@@ -127,23 +127,30 @@ def check_weights_header(path: str | Path) -> None:
             header = json.loads(handle.read(length))
         except ValueError as error:
             raise CheckpointError(f"weights {file}: the safetensors header does not parse: {error}") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(f"weights {file}: the safetensors header is not a JSON object")
     data_bytes = size - 8 - length
-    shapes = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        itemsize = SAFETENSORS_DTYPES.get(entry.get("dtype"))
-        begin, end = entry.get("data_offsets", (0, -1))
-        count = math.prod(entry.get("shape", []))
-        if itemsize is None:
-            raise CheckpointError(f"weights {file}: {name} has dtype {entry.get('dtype')!r}, not a float or int type")
-        if end > data_bytes or end - begin != count * itemsize:
-            raise CheckpointError(f"weights {file}: {name}'s bytes ({begin}..{end}) do not fit its shape "
-                                  f"{entry.get('shape')} or the file's {data_bytes} data bytes (truncated?)")
-        shapes[name] = torch.empty(entry["shape"], device="meta")
+    shapes = {name: _checked_entry(file, name, entry, data_bytes) for name, entry in header.items()
+              if name != "__metadata__"}
     with torch.device("meta"):
         clip = CLIP(load_config(directory))
     check_state_dict(clip, shapes, source=str(file))
+
+
+def _checked_entry(file: Path, name: str, entry, data_bytes: int) -> torch.Tensor:
+    """A header entry as an empty meta tensor of its shape, once its dtype and byte range hold."""
+    try:
+        itemsize = SAFETENSORS_DTYPES.get(entry["dtype"])
+        begin, end = (int(offset) for offset in entry["data_offsets"])
+        shape = [int(side) for side in entry["shape"]]
+    except (TypeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"weights {file}: {name}'s header entry is malformed: {entry!r:.200}") from error
+    if itemsize is None:
+        raise CheckpointError(f"weights {file}: {name} has dtype {entry['dtype']!r}, not a float or int type")
+    if not 0 <= begin <= end <= data_bytes or end - begin != math.prod(shape) * itemsize:
+        raise CheckpointError(f"weights {file}: {name}'s bytes ({begin}..{end}) do not fit its shape {shape} "
+                              f"or the file's {data_bytes} data bytes (truncated?)")
+    return torch.empty(shape, device="meta")
 
 
 def weights_sha256(path: str | Path) -> str:

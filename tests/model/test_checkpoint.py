@@ -1,6 +1,7 @@
 """Checkpoint directory round trip and every load error, each with a clear CheckpointError."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,21 @@ def test_weights_sha256_names_the_weights(tmp_path, vocab_path, tiny_checkpoint)
     digest = model.weights_sha256(tiny_checkpoint)
     assert len(digest) == 64 and digest == model.weights_sha256(tiny_checkpoint / "model.safetensors")
     assert digest != model.weights_sha256(other)
+
+
+@pytest.mark.parametrize("header, words", [
+    (b"[]", "not a JSON object"),
+    (b'{"logit_scale": {"dtype": "F32", "shape": [], "data_offsets": [-4, 0]}}', "do not fit"),
+    (b'{"logit_scale": {"dtype": "F32", "shape": "x"}}', "malformed"),
+    (b'{"logit_scale": {"dtype": "Q4", "shape": [], "data_offsets": [0, 4]}}', "not a float or int type")])
+def test_a_malformed_safetensors_header_is_a_checkpoint_error(tiny_checkpoint, tmp_path, header, words):
+    for name in ("config.json", "vocab.txt"):
+        (tmp_path / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(model.CheckpointError, match=words):
+        model.check_weights_header(tmp_path)
+
+
+def test_the_shipped_and_saved_checkpoints_pass_the_header_check(tiny_checkpoint):
+    model.check_weights_header(tiny_checkpoint)
+    model.check_weights_header(Path(__file__).resolve().parents[2] / "model" / "weights" / "emoji-clip")

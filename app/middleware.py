@@ -178,15 +178,19 @@ class BodyTimeout:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        stalled = False
+        stalled, body_done = False, False
 
         async def timed_receive() -> Message:
-            nonlocal stalled
+            nonlocal stalled, body_done
+            if body_done:  # later reads wait for a disconnect while a response streams: not a body's pause
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), self.seconds)
+                message = await asyncio.wait_for(receive(), self.seconds)
             except asyncio.TimeoutError:
                 stalled = True
                 raise BodyStalled from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
 
         await _answer_unless(self.app, scope, timed_receive, send, lambda: stalled, BodyStalled,
                              lambda: self._refuse(scope, send))

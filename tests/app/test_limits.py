@@ -176,3 +176,4 @@ def test_a_multipart_body_without_its_closing_delimiter_is_a_400_not_a_label_few
     answer, _ = post_raw(server.url, headers, [body])
     assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert b"unterminated_multipart" in answer and b"closing delimiter" in answer
+

@@ -98,7 +98,6 @@ class ZeroShotService:
         engine = self.ready_engine()
         check_image_count(len(uploads), self.settings)
         labels = clean_labels(labels, self.settings)
-        check_labels_known(labels, engine.tokenizer.word_pieces)
         templates = clean_templates(templates, self.settings)
         check_top_k(top_k)
         logits = await self.classify_pixels(await self._decode(uploads), labels, templates)
@@ -116,7 +115,8 @@ class ZeroShotService:
         are computed with the batch (DynamicBatcher, ZeroShotEngine.run_batch)."""
         engine = self.ready_engine()
         classes = engine.cached_label_embeddings(labels, templates)
-        if classes is None:
+        if classes is None:  # cached labels passed this check when they were first embedded
+            check_labels_known(labels, engine.tokenizer.word_pieces)
             classes = await self._on_model_thread(engine.label_embeddings, labels, templates)
         return torch.stack(await self.batcher.submit(pixels, classes))
 

@@ -25,7 +25,7 @@ STATUS = {
     NotReady: 503,
 }
 
-# (status, code, example message) for the OpenAPI page and the README's error table
+# (status, code, example message) for the OpenAPI page and the error table in docs/service.md
 ERROR_TABLE = [
     (400, "unterminated_multipart", "the multipart body ends without its closing delimiter ('--xyz--'): it was cut "
                                     "short, so its last part would be lost; send the whole body"),

@@ -5,7 +5,7 @@
     python -m model.data.emoji check-paraphrases DATA_DIR
 
 DATA_DIR gets images/<style>/<hexcode>.png and index.jsonl (format: model/data/index.py,
-fields and splits: the README, section "Data"). Re-running a build skips images that already exist.
+fields and splits: docs/data.md). Re-running a build skips images that already exist.
 """
 
 from __future__ import annotations

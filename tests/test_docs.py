@@ -1,0 +1,24 @@
+"""The README and the pages under docs/ link to files that exist."""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def relative_links(page: Path) -> list[str]:
+    targets = re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+://|#", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_points_to_a_file(page):
+    missing = [link for link in relative_links(page) if not (page.parent / link).exists()]
+    assert missing == []
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {(ROOT / link).resolve() for link in relative_links(ROOT / "README.md")}
+    assert [p.name for p in PAGES[1:] if p.resolve() not in linked] == []

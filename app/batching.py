@@ -9,13 +9,15 @@ image arrived, whichever comes first. One worker runs batches, one at a time, in
 (off the event loop). The queue is bounded in images: a request that does not fit is refused
 at once (Overloaded) rather than left to wait.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -24,22 +26,28 @@ from .exceptions import NotReady, Overloaded
 
 @dataclass
 class _Item:
-    pixels: torch.Tensor                     # (3, H, W) uint8
-    context: Any                             # what run_batch needs besides the pixels (shared by a request's images)
+    pixels: torch.Tensor  # (3, H, W) uint8
+    context: Any  # what run_batch needs besides the pixels (shared by a request's images)
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch: Callable[[torch.Tensor, list[Any]], Sequence[torch.Tensor]], executor: Executor,
-                 max_batch: int, max_wait: float, max_queue: int,
-                 on_batch: Callable[[int, list[float]], None] | None = None):
-        self.run_batch = run_batch          # (B, 3, H, W) uint8, B contexts -> B results, called in executor
+    def __init__(
+        self,
+        run_batch: Callable[[torch.Tensor, list[Any]], Sequence[torch.Tensor]],
+        executor: Executor,
+        max_batch: int,
+        max_wait: float,
+        max_queue: int,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+    ):
+        self.run_batch = run_batch  # (B, 3, H, W) uint8, B contexts -> B results, called in executor
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.max_queue = max_queue
-        self.on_batch = on_batch            # (batch size, queue waits in seconds), for metrics
+        self.on_batch = on_batch  # (batch size, queue waits in seconds), for metrics
         self._pending: list[_Item] = []
         self._arrived = asyncio.Event()
         self._closing = False
@@ -57,8 +65,10 @@ class DynamicBatcher:
         if self._closing or self._worker is None:
             raise NotReady("the server is shutting down" if self._closing else "the batcher is not running")
         if len(self._pending) + len(images) > self.max_queue:
-            raise Overloaded(f"the server is busy: {len(self._pending)} images are queued and the queue holds "
-                             f"{self.max_queue}; retry shortly")
+            raise Overloaded(
+                f"the server is busy: {len(self._pending)} images are queued and the queue holds "
+                f"{self.max_queue}; retry shortly"
+            )
         loop = asyncio.get_running_loop()
         items = [_Item(pixels, context, loop.create_future()) for pixels in images]
         self._pending.extend(items)
@@ -81,7 +91,7 @@ class DynamicBatcher:
                 await self._arrived.wait()
                 continue
             await self._fill_or_expire()
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             await self._execute(batch)
 
     async def _fill_or_expire(self) -> None:
@@ -102,8 +112,9 @@ class DynamicBatcher:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])
         pixels = torch.stack([item.pixels for item in batch])
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, pixels,
-                                                                       [item.context for item in batch])
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run_batch, pixels, [item.context for item in batch]
+            )
         except Exception as error:  # a failed batch fails its own requests, never the worker
             for item in batch:
                 if not item.future.done():

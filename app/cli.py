@@ -1,4 +1,5 @@
 """Console scripts: ``clip-serve`` (the HTTP server) and ``clip-classify`` (local, no server)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ def serve(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # uvicorn handles SIGTERM: stop accepting, finish requests in flight, then run the app's shutdown
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def classify(argv: list[str] | None = None) -> None:
@@ -41,9 +48,15 @@ def classify(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clip-classify", description=classify.__doc__)
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--label", action="append", required=True, dest="labels", help="a class name (repeat)")
-    parser.add_argument("--template", action="append", dest="templates",
-                        help="prompt template with {} (repeat to ensemble); default: the checkpoint's own")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: CLIP_CHECKPOINT or the bundled one)")
+    parser.add_argument(
+        "--template",
+        action="append",
+        dest="templates",
+        help="prompt template with {} (repeat to ensemble); default: the checkpoint's own",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="checkpoint directory (default: CLIP_CHECKPOINT or the bundled one)"
+    )
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the same JSON as POST /classify")
     args = parser.parse_args(argv)
@@ -64,8 +77,13 @@ def classify(argv: list[str] | None = None) -> None:
             print(f"  {score['probability']:7.2%}  {score['label']}")
 
 
-def classify_files(paths: list[Path], labels: list[str], templates: list[str] | None = None,
-                   checkpoint: Path | None = None, top_k: int = 5) -> dict:
+def classify_files(
+    paths: list[Path],
+    labels: list[str],
+    templates: list[str] | None = None,
+    checkpoint: Path | None = None,
+    top_k: int = 5,
+) -> dict:
     """The /classify answer for local files, through the same service code as the server."""
     import asyncio
 

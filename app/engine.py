@@ -1,14 +1,15 @@
 """ZeroShotEngine: a CLIP checkpoint, its tokenizer and a label-embedding cache. Synchronous and
 free of HTTP; app/service.py runs it off the event loop and app/batching.py feeds it batches.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -79,9 +80,15 @@ class LabelScore:
 
 
 class ZeroShotEngine:
-    def __init__(self, checkpoint: str | Path, device: str = "auto", dtype: str = "auto",
-                 label_cache_size: int = 4096, max_image_pixels: int | None = None,
-                 on_cache_lookup: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        label_cache_size: int = 4096,
+        max_image_pixels: int | None = None,
+        on_cache_lookup: Callable[[int, int], None] | None = None,
+    ):
         self.checkpoint = model.check_checkpoint_files(checkpoint)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -136,7 +143,9 @@ class ZeroShotEngine:
             self.on_cache_lookup(len(labels) - len(missing), len(missing))
         return torch.stack([cached[label] for label in labels])
 
-    def cached_label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor | None:
+    def cached_label_embeddings(
+        self, labels: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor | None:
         """label_embeddings when every label is cached (safe off the model thread), else None.
         The same labels and templates give the same tensor object while the set stays cached."""
         templates = tuple(templates or self.templates)
@@ -174,8 +183,10 @@ class ZeroShotEngine:
         columns = _column_ranges(distinct)
         logits = self._device_logits(embeddings, torch.cat(distinct)).cpu() if distinct else None
         vectors = embeddings.float().cpu() if any(classes is None for classes in class_sets) else None
-        return [vectors[image] if classes is None else logits[image, columns[id(classes)]]
-                for image, classes in enumerate(class_sets)]
+        return [
+            vectors[image] if classes is None else logits[image, columns[id(classes)]]
+            for image, classes in enumerate(class_sets)
+        ]
 
     def warm_up(self) -> None:
         """One tiny forward of each tower, so the first request does not pay for lazy initialisation."""
@@ -199,8 +210,10 @@ class ZeroShotEngine:
 def scores(labels: Sequence[str], logits: torch.Tensor) -> list[list[LabelScore]]:
     """(N, C) logits -> per image, in label order, {label, probability (softmax over labels), logit}."""
     probabilities = logits.softmax(dim=-1)
-    return [[LabelScore(label, float(p), float(z)) for label, p, z in zip(labels, row_p, row_z)]
-            for row_p, row_z in zip(probabilities.tolist(), logits.tolist())]
+    return [
+        [LabelScore(label, float(p), float(z)) for label, p, z in zip(labels, row_p, row_z)]
+        for row_p, row_z in zip(probabilities.tolist(), logits.tolist())
+    ]
 
 
 def top_k(row: list[LabelScore], k: int) -> list[LabelScore]:

@@ -2,6 +2,7 @@
 
 Each carries a short machine-readable ``code`` and a message that says what to fix.
 """
+
 from __future__ import annotations
 
 
@@ -17,21 +18,25 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     """The request is well-formed but its content breaks a rule (labels, templates, counts)."""
+
     code = "invalid_input"
 
 
 class UnsupportedImage(ServiceError):
     """An upload is not an image, is truncated, or is in a format Pillow cannot read."""
+
     code = "unsupported_image"
 
 
 class ImageTooLarge(ServiceError):
     """An image has more pixels than CLIP_MAX_IMAGE_PIXELS."""
+
     code = "image_too_large"
 
 
 class UploadTooLarge(ServiceError):
     """The request body is over CLIP_MAX_UPLOAD_BYTES."""
+
     code = "upload_too_large"
 
 
@@ -41,16 +46,19 @@ class Unauthorized(ServiceError):
 
 class Overloaded(ServiceError):
     """The batch queue is full; the client should retry after ``retry_after`` seconds."""
+
     code = "queue_full"
     retry_after = 1
 
 
 class NotReady(ServiceError):
     """The model is still loading, failed to load, or the server is shutting down."""
+
     code = "not_ready"
     retry_after = 2
 
 
 class StartupError(ServiceError):
     """Settings or checkpoint that stop the server before it binds."""
+
     code = "startup_error"

@@ -1,10 +1,11 @@
 """Checks on what a client sends (labels, templates, counts), with messages that say what to fix."""
+
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .exceptions import InvalidInput
 from .settings import Settings
@@ -16,8 +17,11 @@ def check_unicode(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise InvalidInput(f"{what} holds {text[error.start]!r}, a lone UTF-16 surrogate, at character {error.start + 1}: "
-                           "send valid Unicode (a surrogate must be half of a pair)", "invalid_text") from None
+        raise InvalidInput(
+            f"{what} holds {text[error.start]!r}, a lone UTF-16 surrogate, at character {error.start + 1}: "
+            "send valid Unicode (a surrogate must be half of a pair)",
+            "invalid_text",
+        ) from None
 
 
 def labels_from_form(values: Sequence[str]) -> list[str]:
@@ -26,9 +30,11 @@ def labels_from_form(values: Sequence[str]) -> list[str]:
         try:
             parsed = json.loads(values[0])
         except json.JSONDecodeError as error:
-            raise InvalidInput(f"labels looks like a JSON array but does not parse: {error}", "invalid_labels")
+            raise InvalidInput(
+                f"labels looks like a JSON array but does not parse: {error}", "invalid_labels"
+            ) from None
         if not isinstance(parsed, list) or not all(isinstance(label, str) for label in parsed):
-            raise InvalidInput("a JSON labels field must be an array of strings, e.g. [\"cat\", \"dog\"]", "invalid_labels")
+            raise InvalidInput('a JSON labels field must be an array of strings, e.g. ["cat", "dog"]', "invalid_labels")
         return parsed
     return list(values)
 
@@ -47,12 +53,15 @@ def clean_labels(labels: Sequence[str], settings: Settings) -> list[str]:
         if not label:
             raise InvalidInput(f"label {position + 1} is empty or only whitespace", "empty_label")
         if len(label) > settings.max_label_chars:
-            raise InvalidInput(f"label {position + 1} has {len(label)} characters, more than the limit of "
-                               f"{settings.max_label_chars}", "label_too_long")
+            raise InvalidInput(
+                f"label {position + 1} has {len(label)} characters, more than the limit of {settings.max_label_chars}",
+                "label_too_long",
+            )
         key = label.casefold()
         if key in seen:
-            raise InvalidInput(f"label {label!r} repeats {seen[key]!r} (labels are compared case-insensitively)",
-                               "duplicate_label")
+            raise InvalidInput(
+                f"label {label!r} repeats {seen[key]!r} (labels are compared case-insensitively)", "duplicate_label"
+            )
         seen[key] = label
         cleaned.append(label)
     return cleaned
@@ -65,9 +74,11 @@ def check_labels_known(labels: Sequence[str], word_pieces: Callable[[str], list[
         pieces = word_pieces(label)
         if all(piece == "[UNK]" for piece in pieces):
             found = f"only {len(pieces)} unknown token(s)" if pieces else "no tokens at all"
-            raise InvalidInput(f"label {position} ({label!r}) has {found} in the model's vocabulary (emoji, "
-                               "control and zero-width characters are not in it): name the class in words",
-                               "unknown_label")
+            raise InvalidInput(
+                f"label {position} ({label!r}) has {found} in the model's vocabulary (emoji, "
+                "control and zero-width characters are not in it): name the class in words",
+                "unknown_label",
+            )
 
 
 def clean_templates(templates: Sequence[str] | None, settings: Settings) -> list[str] | None:
@@ -75,16 +86,21 @@ def clean_templates(templates: Sequence[str] | None, settings: Settings) -> list
     if not templates:
         return None
     if len(templates) > settings.max_templates:
-        raise InvalidInput(f"{len(templates)} templates, more than the limit of {settings.max_templates}",
-                           "too_many_templates")
+        raise InvalidInput(
+            f"{len(templates)} templates, more than the limit of {settings.max_templates}", "too_many_templates"
+        )
     for position, template in enumerate(templates):
         check_unicode(template, f"template {position + 1}")
         if len(template) > settings.max_template_chars:
-            raise InvalidInput(f"template {position + 1} has {len(template)} characters, more than the limit of "
-                               f"{settings.max_template_chars}", "template_too_long")
+            raise InvalidInput(
+                f"template {position + 1} has {len(template)} characters, more than the limit of "
+                f"{settings.max_template_chars}",
+                "template_too_long",
+            )
         if "{}" not in template:
-            raise InvalidInput(f"template {template!r} has no '{{}}' where the label goes, "
-                               f"e.g. 'a photo of a {{}}.'", "bad_template")
+            raise InvalidInput(
+                f"template {template!r} has no '{{}}' where the label goes, e.g. 'a photo of a {{}}.'", "bad_template"
+            )
     return list(templates)
 
 
@@ -96,8 +112,10 @@ def clean_texts(texts: Sequence[str], settings: Settings) -> list[str]:
     for position, text in enumerate(texts):
         check_unicode(text, f"text {position + 1}")
         if len(text) > settings.max_text_chars:
-            raise InvalidInput(f"text {position + 1} has {len(text)} characters, more than the limit of "
-                               f"{settings.max_text_chars}", "text_too_long")
+            raise InvalidInput(
+                f"text {position + 1} has {len(text)} characters, more than the limit of {settings.max_text_chars}",
+                "text_too_long",
+            )
     if any(not text.strip() for text in texts):
         raise InvalidInput("a text is empty or only whitespace", "empty_text")
     return list(texts)
@@ -128,4 +146,4 @@ def decode_base64(data: str, filename: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise InvalidInput(f"{filename!r} is not valid base64: {error}", "invalid_base64")
+        raise InvalidInput(f"{filename!r} is not valid base64: {error}", "invalid_base64") from None

@@ -1,5 +1,6 @@
 """The FastAPI application: ``create_app(settings)``. ``uvicorn app.main:app`` builds one from the
 environment; ``clip-serve`` (app/cli.py) does the same and binds CLIP_HOST:CLIP_PORT."""
+
 from __future__ import annotations
 
 import logging
@@ -41,9 +42,11 @@ def check_startup(settings: Settings) -> None:
         model.check_weights_header(settings.checkpoint)
     except model.ModelError as error:
         hint = "the bundled default is not in this install: " if settings.checkpoint == DEFAULT_CHECKPOINT else ""
-        raise StartupError(f"cannot serve: {error}; {hint}set CLIP_CHECKPOINT to a checkpoint directory "
-                           f"(config.json + model.safetensors + vocab.txt), e.g. one made by "
-                           f"`python -m model.convert minilm OUT_DIR`") from error
+        raise StartupError(
+            f"cannot serve: {error}; {hint}set CLIP_CHECKPOINT to a checkpoint directory "
+            f"(config.json + model.safetensors + vocab.txt), e.g. one made by "
+            f"`python -m model.convert minilm OUT_DIR`"
+        ) from error
 
 
 def stop_this_process() -> None:
@@ -64,8 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await service.stop()
 
-    app = FastAPI(title="CLIP zero-shot classification", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="CLIP zero-shot classification",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = service
     app.state.settings = settings
     errors.install(app)
@@ -82,9 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(ApiKey, api_key=api_key)
     if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(RequestContext)
     app.openapi = lambda: _openapi(app)
     return app
@@ -95,7 +108,12 @@ def _openapi(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "CLIP_API_KEY (only when the server sets one)"}}
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "CLIP_API_KEY (only when the server sets one)",
+            }
+        }
         for path, operations in schema["paths"].items():
             if path.startswith(PROTECTED_PREFIXES):
                 for operation in operations.values():

@@ -1,20 +1,36 @@
 """Prometheus collectors, in one registry of their own (served at GET /metrics)."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
 
-REQUESTS = Counter("clip_requests_total", "HTTP requests answered, by route and status",
-                   ["route", "status"], registry=REGISTRY)
-ERRORS = Counter("clip_request_errors_total", "HTTP requests answered with a 4xx or 5xx, by route, status and error code",
-                 ["route", "status", "code"], registry=REGISTRY)
-LATENCY = Histogram("clip_request_duration_seconds", "time from request to response, by route", ["route"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
-QUEUE_WAIT = Histogram("clip_queue_wait_seconds", "time an image waited for its batch to start",
-                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
-BATCH_SIZE = Histogram("clip_batch_size", "images per forward pass",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY)
+REQUESTS = Counter(
+    "clip_requests_total", "HTTP requests answered, by route and status", ["route", "status"], registry=REGISTRY
+)
+ERRORS = Counter(
+    "clip_request_errors_total",
+    "HTTP requests answered with a 4xx or 5xx, by route, status and error code",
+    ["route", "status", "code"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "clip_request_duration_seconds",
+    "time from request to response, by route",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "clip_queue_wait_seconds",
+    "time an image waited for its batch to start",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "clip_batch_size", "images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY
+)
 QUEUED = Gauge("clip_queued_images", "images waiting for a batch", registry=REGISTRY)
 IMAGES = Counter("clip_images_classified_total", "images classified", registry=REGISTRY)
 CACHE_HITS = Counter("clip_label_cache_hits_total", "label embeddings found in the cache", registry=REGISTRY)

@@ -1,5 +1,6 @@
 """Pure ASGI middleware (nothing buffers the body): request id + access log + metrics,
 the API key, and the upload byte limit enforced while the body streams in."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,7 @@ import re
 import secrets
 import time
 import uuid
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,14 +33,19 @@ def _state(scope: Scope) -> dict:
     return scope.setdefault("state", {})
 
 
-async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
-                     headers: dict[str, str] | None = None) -> None:
+async def send_error(
+    scope: Scope, send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> None:
     """An error answer from middleware, in the same JSON shape as app/errors.py."""
     _state(scope)["error_code"] = code
-    body = json.dumps({"error": code, "message": message, "status": status,
-                       "request_id": _state(scope).get("request_id")}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-           (b"connection", b"close")]
+    body = json.dumps(
+        {"error": code, "message": message, "status": status, "request_id": _state(scope).get("request_id")}
+    ).encode()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -88,16 +94,25 @@ class ApiKey:
         self.expected = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.expected is None or scope["type"] != "http" or scope["method"] == "OPTIONS"
-                or not scope["path"].startswith(PROTECTED_PREFIXES)):
+        if (
+            self.expected is None
+            or scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or not scope["path"].startswith(PROTECTED_PREFIXES)
+        ):
             return await self.app(scope, receive, send)
         given = _header(scope, b"authorization") or ""
         scheme, _, key = given.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip(" ").encode("latin-1"), self.expected):
             reason = "missing API key" if not given else "wrong API key"
-            return await send_error(scope, send, 401, "unauthorized",
-                                    f"{reason}: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)",
-                                    {"WWW-Authenticate": "Bearer"})
+            return await send_error(
+                scope,
+                send,
+                401,
+                "unauthorized",
+                f"{reason}: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         await self.app(scope, receive, send)
 
 
@@ -134,12 +149,26 @@ class UploadLimit:
                     raise OverflowError("request body over the limit")
             return message
 
-        await _answer_unless(self.app, scope, counted_receive, send, lambda: over, OverflowError,
-                             lambda: self._refuse(scope, receive, send))
+        await _answer_unless(
+            self.app,
+            scope,
+            counted_receive,
+            send,
+            lambda: over,
+            OverflowError,
+            lambda: self._refuse(scope, receive, send),
+        )
 
 
-async def _answer_unless(app: ASGIApp, scope: Scope, receive: Receive, send: Send, refused: Callable[[], bool],
-                         error: type[Exception], refuse: Callable[[], Awaitable[None]]) -> None:
+async def _answer_unless(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    refused: Callable[[], bool],
+    error: type[Exception],
+    refuse: Callable[[], Awaitable[None]],
+) -> None:
     """Run ``app``; once ``refused()`` holds (its ``receive`` raised ``error``), the app's own answer
     to the broken-off body is dropped and ``refuse()`` answers instead, once."""
     replaced = False
@@ -171,9 +200,14 @@ class BodyTimeout:
         self.seconds = seconds
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        await send_error(scope, send, 408, "request_timeout",
-                         f"the request body stalled: no bytes for {self.seconds:g} s while more were due "
-                         "(CLIP_BODY_TIMEOUT_S); send the whole body, as its Content-Length says")
+        await send_error(
+            scope,
+            send,
+            408,
+            "request_timeout",
+            f"the request body stalled: no bytes for {self.seconds:g} s while more were due "
+            "(CLIP_BODY_TIMEOUT_S); send the whole body, as its Content-Length says",
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -192,8 +226,9 @@ class BodyTimeout:
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await _answer_unless(self.app, scope, timed_receive, send, lambda: stalled, BodyStalled,
-                             lambda: self._refuse(scope, send))
+        await _answer_unless(
+            self.app, scope, timed_receive, send, lambda: stalled, BodyStalled, lambda: self._refuse(scope, send)
+        )
 
 
 class MultipartClosed:
@@ -216,16 +251,21 @@ class MultipartClosed:
             if message["type"] == "http.request":
                 window = tail + message.get("body", b"")
                 closed = closed or closing in window
-                tail = window[-len(closing):]
+                tail = window[-len(closing) :]
                 if not message.get("more_body", False) and not closed:
                     unclosed = True
                     raise MultipartUnclosed
             return message
 
         async def refuse() -> None:
-            await send_error(scope, send, 400, "unterminated_multipart",
-                             f"the multipart body ends without its closing delimiter ('--{boundary.decode('latin-1')}--'): "
-                             "it was cut short, so its last part would be lost; send the whole body")
+            await send_error(
+                scope,
+                send,
+                400,
+                "unterminated_multipart",
+                f"the multipart body ends without its closing delimiter ('--{boundary.decode('latin-1')}--'): "
+                "it was cut short, so its last part would be lost; send the whole body",
+            )
 
         await _answer_unless(self.app, scope, watched_receive, send, lambda: unclosed, MultipartUnclosed, refuse)
 
@@ -250,6 +290,7 @@ async def _linger(receive: Receive, max_bytes: int = 4 * 1024 * 1024, seconds: f
     """After an early 413, read and drop a bounded amount of the body the client is still sending:
     closing a socket with unread data makes the kernel send RST, which can destroy the 413 in
     flight (what nginx calls a lingering close). Nothing is kept."""
+
     async def drop() -> None:
         dropped = 0
         while dropped < max_bytes:

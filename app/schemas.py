@@ -1,4 +1,5 @@
 """Request and response models, with examples for the OpenAPI page."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,10 +11,12 @@ MODEL_EXAMPLE = {"name": "emoji-clip", "sha256": "9f86d081884c"}
 
 class LabelScore(BaseModel):
     label: str = Field(description="the label as classified (whitespace normalised)", examples=["cat"])
-    probability: float = Field(description="softmax over the request's labels of logits_per_image; sums to 1 per image",
-                               examples=[0.87])
-    logit: float = Field(description="exp(logit_scale) x cosine(image, label); does not depend on the other labels",
-                         examples=[21.3])
+    probability: float = Field(
+        description="softmax over the request's labels of logits_per_image; sums to 1 per image", examples=[0.87]
+    )
+    logit: float = Field(
+        description="exp(logit_scale) x cosine(image, label); does not depend on the other labels", examples=[21.3]
+    )
 
 
 class ImageResult(BaseModel):
@@ -30,33 +33,44 @@ class ModelRef(BaseModel):
 class ClassifyResponse(BaseModel):
     results: list[ImageResult] = Field(description="one per image, in upload order")
     model: ModelRef
-    templates: list[str] = Field(description="prompt templates used (embeddings averaged over them)",
-                                 examples=[["a photo of a {}."]])
+    templates: list[str] = Field(
+        description="prompt templates used (embeddings averaged over them)", examples=[["a photo of a {}."]]
+    )
     time_ms: float = Field(description="server time for this request, in milliseconds", examples=[12.5])
 
 
 class Base64Image(BaseModel):
-    data: str = Field(description="the image file's bytes, base64 (a data: URL is accepted too)",
-                      examples=["iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"])
+    data: str = Field(
+        description="the image file's bytes, base64 (a data: URL is accepted too)",
+        examples=["iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"],
+    )
     filename: str | None = Field(None, description="echoed in the result", examples=["pixel.png"])
 
 
 class ClassifyJSONRequest(BaseModel):
     images: list[Base64Image] = Field(description="one or more images (at most CLIP_MAX_IMAGES)")
-    labels: list[str] = Field(description="class names in plain words (at most CLIP_MAX_LABELS, each at most "
-                                          "CLIP_MAX_LABEL_CHARS characters, no duplicates ignoring case)",
-                              examples=[["cat", "dog", "pizza"]])
-    templates: list[str] | None = Field(None, description="prompt templates, each with '{}' for the label and at most "
-                                                          "CLIP_MAX_TEMPLATE_CHARS characters; default: the "
-                                                          "checkpoint's own (see GET /v1/model)",
-                                        examples=[["a photo of a {}."]])
+    labels: list[str] = Field(
+        description="class names in plain words (at most CLIP_MAX_LABELS, each at most "
+        "CLIP_MAX_LABEL_CHARS characters, no duplicates ignoring case)",
+        examples=[["cat", "dog", "pizza"]],
+    )
+    templates: list[str] | None = Field(
+        None,
+        description="prompt templates, each with '{}' for the label and at most "
+        "CLIP_MAX_TEMPLATE_CHARS characters; default: the "
+        "checkpoint's own (see GET /v1/model)",
+        examples=[["a photo of a {}."]],
+    )
     top_k: int = Field(5, description="how many labels in top_k (capped at the number of labels)", examples=[3])
 
 
 class EmbedTextRequest(BaseModel):
-    texts: list[str] = Field(description="texts embedded as given (at most CLIP_MAX_TEXTS)", examples=[["a photo of a cat"]])
-    template: str | None = Field(None, description="optional template with '{}', applied to each text",
-                                 examples=["a photo of a {}."])
+    texts: list[str] = Field(
+        description="texts embedded as given (at most CLIP_MAX_TEXTS)", examples=[["a photo of a cat"]]
+    )
+    template: str | None = Field(
+        None, description="optional template with '{}', applied to each text", examples=["a photo of a {}."]
+    )
 
 
 class EmbedTextResponse(BaseModel):

@@ -2,20 +2,22 @@
 decodes uploads in a thread pool, runs every model call on one model thread, and batches
 images across requests. The routes call ``classify`` / ``embed_*`` and shape nothing else.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Callable, Sequence
 
 import torch
 
 from . import metrics
 from .batching import DynamicBatcher
-from .engine import ZeroShotEngine, scores, top_k as take_top_k
+from .engine import ZeroShotEngine, scores
+from .engine import top_k as take_top_k
 from .exceptions import NotReady
 from .inputs import check_image_count, check_labels_known, check_top_k, clean_labels, clean_templates, clean_texts
 from .settings import Settings
@@ -53,9 +55,14 @@ class ZeroShotService:
             if self.on_failure is not None:
                 self.on_failure()
             return
-        self.batcher = DynamicBatcher(self.engine.run_batch, self._model_thread,
-                                      max_batch=self.settings.max_batch, max_wait=self.settings.batch_wait_ms / 1000,
-                                      max_queue=self.settings.max_queue, on_batch=metrics.observe_batch)
+        self.batcher = DynamicBatcher(
+            self.engine.run_batch,
+            self._model_thread,
+            max_batch=self.settings.max_batch,
+            max_wait=self.settings.batch_wait_ms / 1000,
+            max_queue=self.settings.max_queue,
+            on_batch=metrics.observe_batch,
+        )
         self.batcher.start()
         metrics.QUEUED.set_function(lambda: self.batcher.queued)
         self.state = "ready"
@@ -69,8 +76,14 @@ class ZeroShotService:
 
     def _build_engine(self) -> ZeroShotEngine:
         s = self.settings
-        engine = ZeroShotEngine(s.checkpoint, s.device, s.dtype, s.label_cache_size, s.max_image_pixels,
-                                on_cache_lookup=metrics.observe_cache)
+        engine = ZeroShotEngine(
+            s.checkpoint,
+            s.device,
+            s.dtype,
+            s.label_cache_size,
+            s.max_image_pixels,
+            on_cache_lookup=metrics.observe_cache,
+        )
         engine.warm_up()
         return engine
 
@@ -85,15 +98,18 @@ class ZeroShotService:
 
     def ready_engine(self) -> ZeroShotEngine:
         if self.state != "ready":
-            message = {"loading": "the model is still loading; retry shortly",
-                       "failed": f"the model failed to load: {self.failure}",
-                       "stopping": "the server is shutting down"}.get(self.state, "the server is starting")
+            message = {
+                "loading": "the model is still loading; retry shortly",
+                "failed": f"the model failed to load: {self.failure}",
+                "stopping": "the server is shutting down",
+            }.get(self.state, "the server is starting")
             raise NotReady(message)
         return self.engine
 
     # --- work -------------------------------------------------------------------------------
-    async def classify(self, uploads: Sequence[Upload], labels: Sequence[str], templates: Sequence[str] | None,
-                       top_k: int) -> dict:
+    async def classify(
+        self, uploads: Sequence[Upload], labels: Sequence[str], templates: Sequence[str] | None, top_k: int
+    ) -> dict:
         started = time.perf_counter()
         engine = self.ready_engine()
         check_image_count(len(uploads), self.settings)
@@ -103,13 +119,20 @@ class ZeroShotService:
         logits = await self.classify_pixels(await self._decode(uploads), labels, templates)
         metrics.IMAGES.inc(len(uploads))
         k = min(top_k, len(labels))
-        results = [{"filename": name, "scores": [asdict(s) for s in row], "top_k": [asdict(s) for s in take_top_k(row, k)]}
-                   for (name, _), row in zip(uploads, scores(labels, logits))]
-        return {"results": results, "model": self.model_ref(), "templates": list(templates or engine.templates),
-                "time_ms": round((time.perf_counter() - started) * 1000, 3)}
+        results = [
+            {"filename": name, "scores": [asdict(s) for s in row], "top_k": [asdict(s) for s in take_top_k(row, k)]}
+            for (name, _), row in zip(uploads, scores(labels, logits))
+        ]
+        return {
+            "results": results,
+            "model": self.model_ref(),
+            "templates": list(templates or engine.templates),
+            "time_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
 
-    async def classify_pixels(self, pixels: list[torch.Tensor], labels: Sequence[str],
-                              templates: Sequence[str] | None) -> torch.Tensor:
+    async def classify_pixels(
+        self, pixels: list[torch.Tensor], labels: Sequence[str], templates: Sequence[str] | None
+    ) -> torch.Tensor:
         """Decoded images (uint8 at the input size) -> (N, C) logits, float32 on the CPU. The labels'
         embeddings come from the cache when they are all there (no model-thread trip), and the logits
         are computed with the batch (DynamicBatcher, ZeroShotEngine.run_batch)."""
@@ -124,8 +147,11 @@ class ZeroShotService:
         self.ready_engine()
         check_image_count(len(uploads), self.settings)
         embeddings = await self.batcher.submit(await self._decode(uploads))
-        return {"filenames": [name for name, _ in uploads], "embeddings": [e.tolist() for e in embeddings],
-                "model": self.model_ref()}
+        return {
+            "filenames": [name for name, _ in uploads],
+            "embeddings": [e.tolist() for e in embeddings],
+            "model": self.model_ref(),
+        }
 
     async def embed_texts(self, texts: Sequence[str], template: str | None) -> dict:
         engine = self.ready_engine()
@@ -143,10 +169,14 @@ class ZeroShotService:
     async def _decode(self, uploads: Sequence[Upload]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
         engine = self.engine
-        return list(await asyncio.gather(*(loop.run_in_executor(self._decoders, engine.decode_image, data,
-                                                                 name or f"image {position}")
-                                           for position, (name, data) in enumerate(uploads, start=1))))
+        return list(
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._decoders, engine.decode_image, data, name or f"image {position}")
+                    for position, (name, data) in enumerate(uploads, start=1)
+                )
+            )
+        )
 
     async def _on_model_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)
-

@@ -1,4 +1,5 @@
 """Service settings, read once from CLIP_* environment variables (pydantic-settings)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,18 +17,22 @@ DEFAULT_CHECKPOINT = Path(model.__file__).parent / "weights" / "emoji-clip"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIP_", frozen=True)
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint directory (config.json, model.safetensors, vocab.txt)")
+    checkpoint: Path = Field(
+        DEFAULT_CHECKPOINT, description="checkpoint directory (config.json, model.safetensors, vocab.txt)"
+    )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = CUDA when available, else CPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA where supported (else float16), float32 on CPU")
+        "auto", description="auto = bfloat16 on CUDA where supported (else float16), float32 on CPU"
+    )
     host: str = Field("127.0.0.1", description="address clip-serve binds")
     port: int = Field(8000, ge=0, le=65535, description="port clip-serve binds")
     max_batch: int = Field(32, ge=1, description="most images in one forward pass")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more images once it has one")
     max_queue: int = Field(256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes")
-    body_timeout_s: float = Field(30.0, gt=0, description="longest pause while a request body is still due; "
-                                                          "a client that stalls longer gets 408")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="longest pause while a request body is still due; a client that stalls longer gets 408"
+    )
     max_images: int = Field(16, ge=1, description="most images per request")
     max_labels: int = Field(64, ge=1, description="most labels per request")
     max_label_chars: int = Field(100, ge=1, description="longest label, in characters")
@@ -54,7 +59,10 @@ def describe_settings_error(error: ValidationError) -> str:
     for problem in error.errors():
         field = str(problem["loc"][0]) if problem.get("loc") else ""
         name = f"{Settings.model_config['env_prefix']}{field.upper()}" if field else "a setting"
-        shown = "" if field == "api_key" or "input" not in problem or isinstance(problem["input"], dict) \
+        shown = (
+            ""
+            if field == "api_key" or "input" not in problem or isinstance(problem["input"], dict)
             else f"={problem['input']!r}"
+        )
         problems.append(f"{name}{shown}: {problem['msg']}")
     return "invalid setting(s): " + "; ".join(problems)

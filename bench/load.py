@@ -14,6 +14,7 @@ workers can be spread over several processes (--processes), which measure the sa
 and are summed; ``client_cpu`` near 1.0 (one core busy in a client process) says the client, not the
 server, set the pace. Needs httpx; uses uvloop when installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,22 +25,23 @@ import multiprocessing
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import httpx
 from PIL import Image
 
 LABELS = ["a cat", "a dog", "a pizza", "a car", "a house", "a tree", "a rocket", "an apple", "a ball", "a book"]
 TIMEOUT = 30.0  # seconds per request; a request past it is an error (ReadTimeout, ...)
-LEAD = 0.2      # seconds for a started pool to pick the work up, before the warm-up begins
+LEAD = 0.2  # seconds for a started pool to pick the work up, before the warm-up begins
 
 
 @dataclass(frozen=True)
 class Target:
     """One request, encoded once and sent as is by every worker."""
+
     method: str
     url: str
     content: bytes = b""
@@ -47,8 +49,9 @@ class Target:
     images: int = 0  # images per request, for images/s
 
 
-def classify_target(base_url: str, images: list[bytes], labels: list[str] = LABELS,
-                    headers: dict[str, str] | None = None) -> Target:
+def classify_target(
+    base_url: str, images: list[bytes], labels: list[str] = LABELS, headers: dict[str, str] | None = None
+) -> Target:
     """POST /classify: multipart, one ``images`` part per image and one ``labels`` field per label."""
     files = [("images", (f"{index}.jpg", data, "image/jpeg")) for index, data in enumerate(images)]
     request = httpx.Request("POST", f"{base_url}/classify", files=files, data={"labels": labels})
@@ -76,15 +79,15 @@ def sample_jpeg(seed: int = 0, size: int | tuple[int, int] = 224, quality: int =
 @dataclass
 class Tally:
     """What one process measured in the window [start, end) (wall clock, shared by the processes)."""
-    latencies: list[float] = field(default_factory=list)        # seconds, of the 200s completed in the window
-    errors: Counter = field(default_factory=Counter)            # kind -> count, completed in the window
-    warmup_errors: Counter = field(default_factory=Counter)     # the same, before the window
-    cpu_seconds: float = 0.0                                     # this process's CPU time over the window
-    late_s: float = 0.0                                          # how late its workers began (0: during the warm-up)
+
+    latencies: list[float] = field(default_factory=list)  # seconds, of the 200s completed in the window
+    errors: Counter = field(default_factory=Counter)  # kind -> count, completed in the window
+    warmup_errors: Counter = field(default_factory=Counter)  # the same, before the window
+    cpu_seconds: float = 0.0  # this process's CPU time over the window
+    late_s: float = 0.0  # how late its workers began (0: during the warm-up)
 
 
-async def closed_loop(target: Target, concurrency: int, start: float, end: float,
-                      timeout: float = TIMEOUT) -> Tally:
+async def closed_loop(target: Target, concurrency: int, start: float, end: float, timeout: float = TIMEOUT) -> Tally:
     """``concurrency`` workers sending ``target`` back to back until ``end``; counts what completes in [start, end)."""
     tally = Tally()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -126,6 +129,7 @@ def run_closed_loop(target: Target, concurrency: int, start: float, end: float, 
     """closed_loop on an event loop of its own (uvloop when installed): what a pool process runs."""
     try:
         import uvloop
+
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
@@ -159,6 +163,7 @@ def split(concurrency: int, processes: int) -> list[int]:
 @dataclass
 class Load:
     """A run under way in a pool: its window is [start, end) in time.time() seconds."""
+
     target: Target
     concurrency: int
     start: float
@@ -166,27 +171,38 @@ class Load:
     tallies: list[Future]
 
     def result(self) -> dict:
-        return summarise(self.target, self.concurrency, self.end - self.start,
-                         [tally.result() for tally in self.tallies])
+        return summarise(
+            self.target, self.concurrency, self.end - self.start, [tally.result() for tally in self.tallies]
+        )
 
 
-def start_load(pool: ProcessPoolExecutor, target: Target, concurrency: int, duration: float, warmup: float,
-               processes: int = 1, timeout: float = TIMEOUT) -> Load:
+def start_load(
+    pool: ProcessPoolExecutor,
+    target: Target,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    processes: int = 1,
+    timeout: float = TIMEOUT,
+) -> Load:
     """Starts ``concurrency`` workers spread over ``processes`` of ``pool`` and returns at once."""
     start = time.time() + LEAD + warmup
     end = start + duration
-    tallies = [pool.submit(run_closed_loop, target, workers, start, end, timeout)
-               for workers in split(concurrency, processes)]
+    tallies = [
+        pool.submit(run_closed_loop, target, workers, start, end, timeout) for workers in split(concurrency, processes)
+    ]
     return Load(target, concurrency, start, end, tallies)
 
 
-def measure(target: Target, concurrency: int, duration: float, warmup: float = 1.0, processes: int = 1,
-            timeout: float = TIMEOUT) -> dict:
+def measure(
+    target: Target, concurrency: int, duration: float, warmup: float = 1.0, processes: int = 1, timeout: float = TIMEOUT
+) -> dict:
     """One closed-loop run: in this process when ``processes`` is 1, else in a pool started for it."""
     if processes <= 1:
         start = time.time() + warmup
-        return summarise(target, concurrency, duration,
-                         [run_closed_loop(target, concurrency, start, start + duration, timeout)])
+        return summarise(
+            target, concurrency, duration, [run_closed_loop(target, concurrency, start, start + duration, timeout)]
+        )
     with client_pool(min(processes, concurrency)) as pool:
         return start_load(pool, target, concurrency, duration, warmup, processes, timeout).result()
 
@@ -201,13 +217,20 @@ def summarise(target: Target, concurrency: int, seconds: float, tallies: list[Ta
     warmup_errors = sum((tally.warmup_errors for tally in tallies), Counter())
     requests = len(latencies)
     return {
-        "path": httpx.URL(target.url).path, "concurrency": concurrency, "images_per_request": target.images,
-        "processes": len(tallies), "seconds": round(seconds, 3),
-        "requests": requests, "requests_per_s": requests / seconds, "images_per_s": requests * target.images / seconds,
+        "path": httpx.URL(target.url).path,
+        "concurrency": concurrency,
+        "images_per_request": target.images,
+        "processes": len(tallies),
+        "seconds": round(seconds, 3),
+        "requests": requests,
+        "requests_per_s": requests / seconds,
+        "images_per_s": requests * target.images / seconds,
         "p50_ms": 1000 * percentile(latencies, 0.5) if latencies else None,
         "p99_ms": 1000 * percentile(latencies, 0.99) if latencies else None,
-        "errors": sum(errors.values()), "error_kinds": dict(errors),
-        "warmup_errors": sum(warmup_errors.values()), "warmup_error_kinds": dict(warmup_errors),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "warmup_errors": sum(warmup_errors.values()),
+        "warmup_error_kinds": dict(warmup_errors),
         # CPU seconds per second of the busiest client process: near 1.0, the client set the pace
         "client_cpu": max(tally.cpu_seconds for tally in tallies) / seconds,
         "client_late_s": max(tally.late_s for tally in tallies),

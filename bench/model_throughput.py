@@ -6,6 +6,7 @@
 Prints images/s for each and the ratio ours / seed. Absolute numbers on shared machines are
 noise; the ratio, measured in the same process on the same inputs, is the figure to report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,20 @@ from model.vision import ViT  # noqa: E402
 
 SIZES = {
     "base": dict(image_size=224, patch_size=16, width=768, num_layers=12, num_heads=12, mlp_dim=3072),  # the seed's
-    "small": dict(image_size=64, patch_size=8, width=256, num_layers=6, num_heads=4, mlp_dim=1024),    # the emoji model's
+    "small": dict(image_size=64, patch_size=8, width=256, num_layers=6, num_heads=4, mlp_dim=1024),  # the emoji model's
 }
 
 
 def build_pair(size: str):
     config = VisionConfig(**SIZES[size])
-    seed = seed_clip.ViT(image_size=config.image_size, patch_size=config.patch_size, embed_dim=config.width,
-                         num_heads=config.num_heads, num_layers=config.num_layers, mlp_hidden_dim=config.mlp_dim)
+    seed = seed_clip.ViT(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.width,
+        num_heads=config.num_heads,
+        num_layers=config.num_layers,
+        mlp_hidden_dim=config.mlp_dim,
+    )
     ours = ViT(config)
     ours.load_state_dict(seed.state_dict(), strict=True)
     return seed.eval(), ours.eval(), config
@@ -40,9 +47,11 @@ def build_pair(size: str):
 
 def measure(module, pixels, iterations: int, device: str) -> float:
     """Median images/s over ``iterations`` timed forward passes, after two warm-up passes."""
+
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
+
     timings = []
     with torch.inference_mode():
         for step in range(iterations + 2):
@@ -68,9 +77,11 @@ def run(size: str, batch: int, iterations: int, device: str, dtype: torch.dtype)
     seed_rate = statistics.mean([rates["seed"], rates["seed again"]])
     ours_rate = statistics.mean([rates["ours"], rates["ours again"]])
     label = f"{size} ({config.image_size}px/{config.patch_size}, width {config.width}, {config.num_layers} layers)"
-    print(f"{device:4s} {str(dtype).removeprefix('torch.'):8s} batch {batch:3d}  {label}: "
-          f"seed {seed_rate:8.1f} img/s  ours {ours_rate:8.1f} img/s  ratio {ours_rate / seed_rate:.2f}x  "
-          f"(max |diff| {difference:.1e})")
+    print(
+        f"{device:4s} {str(dtype).removeprefix('torch.'):8s} batch {batch:3d}  {label}: "
+        f"seed {seed_rate:8.1f} img/s  ours {ours_rate:8.1f} img/s  ratio {ours_rate / seed_rate:.2f}x  "
+        f"(max |diff| {difference:.1e})"
+    )
 
 
 def main() -> None:

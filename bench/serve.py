@@ -11,6 +11,7 @@ The load generator is wrk (Debian's, a Lua script posting the request's bytes) w
 it is C and does not compete with the server for Python's GIL; elsewhere (a GPU host) bench/load.py,
 in Python, over two processes. Every answer must be 2xx: the non-2xx and socket errors are counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,10 @@ def ceiling(checkpoint: Path, iterations: int = 20) -> dict:
             started = time.perf_counter()
             engine.encode_images(pixels)
             timings.append(time.perf_counter() - started)
-        figures[f"batch_{batch}"] = {"ms": 1000 * statistics.median(timings), "images_per_s": batch / statistics.median(timings)}
+        figures[f"batch_{batch}"] = {
+            "ms": 1000 * statistics.median(timings),
+            "images_per_s": batch / statistics.median(timings),
+        }
     return figures
 
 
@@ -80,15 +84,33 @@ def run_wrk(url: str, body: bytes, content_type: str, concurrency: int, duration
         (Path(scratch) / "body").write_bytes(body)
         (Path(scratch) / "post.lua").write_text(WRK_SCRIPT)
         output = subprocess.run(
-            ["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--timeout", "30s",
-             "--latency", "-s", str(Path(scratch) / "post.lua"), f"{url}/classify"],
-            capture_output=True, text=True, check=True,
-            env={**os.environ, "BENCH_BODY": str(Path(scratch) / "body"), "BENCH_CONTENT_TYPE": content_type}).stdout
-    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-            "p50_ms": _wrk_ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1)),
-            "p99_ms": _wrk_ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1)),
-            "errors": sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
-            + sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))}
+            [
+                "wrk",
+                "-t",
+                str(min(concurrency, 2)),
+                "-c",
+                str(concurrency),
+                "-d",
+                f"{max(1, round(duration))}s",
+                "--timeout",
+                "30s",
+                "--latency",
+                "-s",
+                str(Path(scratch) / "post.lua"),
+                f"{url}/classify",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "BENCH_BODY": str(Path(scratch) / "body"), "BENCH_CONTENT_TYPE": content_type},
+        ).stdout
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": _wrk_ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1)),
+        "p99_ms": _wrk_ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1)),
+        "errors": sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+        + sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output)),
+    }
 
 
 def _wrk_ms(text: str) -> float:
@@ -98,8 +120,12 @@ def _wrk_ms(text: str) -> float:
 
 def run_python_load(url: str, images: list[bytes], concurrency: int, duration: float) -> dict:
     result = measure(classify_target(url, images), concurrency, duration, warmup=1.0, processes=2)
-    return {"requests_per_s": result["requests_per_s"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
-            "errors": result["errors"] + result["warmup_errors"]}
+    return {
+        "requests_per_s": result["requests_per_s"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "errors": result["errors"] + result["warmup_errors"],
+    }
 
 
 def wait_until_idle(server: Server, timeout: float = 120) -> None:
@@ -110,18 +136,25 @@ def wait_until_idle(server: Server, timeout: float = 120) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per cell")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     wrk = shutil.which("wrk") is not None
     tower = ceiling(args.checkpoint)
-    print(f"checkpoint {args.checkpoint}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load from {'wrk' if wrk else 'bench/load.py'}; {args.duration:g} s a cell")
-    print(f"ceiling (the tower alone): batch 1 {tower['batch_1']['ms']:.1f} ms, "
-          f"batch 32 {tower['batch_32']['images_per_s']:.0f} images/s")
+    print(
+        f"checkpoint {args.checkpoint}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load from {'wrk' if wrk else 'bench/load.py'}; {args.duration:g} s a cell"
+    )
+    print(
+        f"ceiling (the tower alone): batch 1 {tower['batch_1']['ms']:.1f} ms, "
+        f"batch 32 {tower['batch_32']['images_per_s']:.0f} images/s"
+    )
     pictures = {"64 px PNG": sample_png(), "640x480 JPEG": sample_jpeg(size=(640, 480))}
     server = Server(args.checkpoint, max_queue=1024, log_level="warning").wait_ready()
     cells = []
@@ -132,24 +165,37 @@ def main() -> None:
                 target = classify_target(server.url, images)
                 for concurrency in CONCURRENCY:
                     if wrk:
-                        run_wrk(server.url, target.content, dict(target.headers)["content-type"], concurrency, 1.0)  # warm-up
-                        figures = run_wrk(server.url, target.content, dict(target.headers)["content-type"], concurrency, args.duration)
+                        run_wrk(
+                            server.url, target.content, dict(target.headers)["content-type"], concurrency, 1.0
+                        )  # warm-up
+                        figures = run_wrk(
+                            server.url, target.content, dict(target.headers)["content-type"], concurrency, args.duration
+                        )
                     else:
                         figures = run_python_load(server.url, images, concurrency, args.duration)
-                    figures.update(picture=picture, images=count, concurrency=concurrency,
-                                   images_per_s=figures["requests_per_s"] * count)
+                    figures.update(
+                        picture=picture,
+                        images=count,
+                        concurrency=concurrency,
+                        images_per_s=figures["requests_per_s"] * count,
+                    )
                     figures["of_ceiling"] = figures["images_per_s"] / tower["batch_32"]["images_per_s"]
                     figures["p50_over_batch_1"] = figures["p50_ms"] / tower["batch_1"]["ms"]
                     cells.append(figures)
                     wait_until_idle(server)  # requests wrk left queued must not slow the next cell
-                    print(f"{picture:13s} x{count} c={concurrency:<3d} {figures['requests_per_s']:7.1f} req/s "
-                          f"{figures['images_per_s']:7.1f} img/s ({figures['of_ceiling']:.2f} of ceiling)  "
-                          f"p50 {figures['p50_ms']:7.1f} ms ({figures['p50_over_batch_1']:.1f}x batch 1)  "
-                          f"p99 {figures['p99_ms']:7.1f} ms  errors {figures['errors']}", flush=True)
+                    print(
+                        f"{picture:13s} x{count} c={concurrency:<3d} {figures['requests_per_s']:7.1f} req/s "
+                        f"{figures['images_per_s']:7.1f} img/s ({figures['of_ceiling']:.2f} of ceiling)  "
+                        f"p50 {figures['p50_ms']:7.1f} ms ({figures['p50_over_batch_1']:.1f}x batch 1)  "
+                        f"p99 {figures['p99_ms']:7.1f} ms  errors {figures['errors']}",
+                        flush=True,
+                    )
     finally:
         server.finish()
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "ceiling": tower, "cells": cells}, indent=2))
+        args.json.write_text(
+            json.dumps({"checkpoint": str(args.checkpoint), "ceiling": tower, "cells": cells}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Both configurations run model.train.training_step, the function the training loo
 the same random batch, interleaved so machine drift hits both alike. Prints images/s for each
 and the ratio; absolute numbers on shared machines are noise, the ratio is the figure to report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ def measure(recipe: Recipe, batch: dict, autocast_dtype, math_attention: bool, i
     timings = []
     for step in range(iterations + 2):
         start = time.perf_counter()
-        train.training_step(towers, optimizer, **batch, concept_weight=recipe.concept_loss_weight,
-                            autocast_dtype=autocast_dtype, math_attention=math_attention)
+        train.training_step(
+            towers,
+            optimizer,
+            **batch,
+            concept_weight=recipe.concept_loss_weight,
+            autocast_dtype=autocast_dtype,
+            math_attention=math_attention,
+        )
         if step >= 2:
             timings.append(time.perf_counter() - start)
     return len(batch["pixels"]) / statistics.median(timings)
@@ -56,21 +63,28 @@ def main() -> None:
     size, classes = recipe.vision["image_size"], 1700
     generator = torch.Generator().manual_seed(0)
     concepts = torch.randint(0, classes, (args.batch,), generator=generator)
-    batch = {"pixels": torch.randn(args.batch, 3, size, size, generator=generator),
-             "caption_features": torch.randn(args.batch, recipe.text_width, generator=generator),
-             "concepts": concepts,
-             "concept_targets": (torch.randn(classes, recipe.text_width, generator=generator), torch.arange(classes))
-             if recipe.concept_loss_weight else None}
+    batch = {
+        "pixels": torch.randn(args.batch, 3, size, size, generator=generator),
+        "caption_features": torch.randn(args.batch, recipe.text_width, generator=generator),
+        "concepts": concepts,
+        "concept_targets": (torch.randn(classes, recipe.text_width, generator=generator), torch.arange(classes))
+        if recipe.concept_loss_weight
+        else None,
+    }
     chosen = train.training_precision(torch.device("cpu"))
-    configurations = {"fp32, default attention": (None, False),
-                      f"{str(chosen or torch.float32).removeprefix('torch.')}, math attention": (chosen, True)}
+    configurations = {
+        "fp32, default attention": (None, False),
+        f"{str(chosen or torch.float32).removeprefix('torch.')}, math attention": (chosen, True),
+    }
     rates = {name: [] for name in configurations}
     for _ in range(2):  # interleaved
         for name, (dtype, math_attention) in configurations.items():
             rates[name].append(measure(recipe, batch, dtype, math_attention, args.iterations))
     vision = recipe.vision
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; image tower {size}px/{vision['patch_size']}, "
-          f"width {vision['width']}, {vision['num_layers']} layers; batch {args.batch}, concept loss weight {recipe.concept_loss_weight}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; image tower {size}px/{vision['patch_size']}, "
+        f"width {vision['width']}, {vision['num_layers']} layers; batch {args.batch}, concept loss weight {recipe.concept_loss_weight}"
+    )
     means = {name: statistics.mean(values) for name, values in rates.items()}
     for name, rate in means.items():
         print(f"  {name:28s} {rate:8.1f} img/s")

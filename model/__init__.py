@@ -10,18 +10,32 @@
 Names are imported on first use, so ``python -m model.train --bundle`` runs on a host with only
 torch and numpy (no Pillow, tokenizers or safetensors needed until something asks for them).
 """
+
 import importlib
 
 _SOURCES = {
     "zero_shot": None,
     "CLIP": "clip",
-    "CLIPConfig": "config", "TextConfig": "config", "VisionConfig": "config",
+    "CLIPConfig": "config",
+    "TextConfig": "config",
+    "VisionConfig": "config",
     "Tokenizer": "tokenizer",
-    **dict.fromkeys(["load_pretrained", "load_tokenizer", "load_config", "save_pretrained",
-                     "check_checkpoint_files", "check_weights_header", "weights_sha256"], "checkpoint"),
+    **dict.fromkeys(
+        [
+            "load_pretrained",
+            "load_tokenizer",
+            "load_config",
+            "save_pretrained",
+            "check_checkpoint_files",
+            "check_weights_header",
+            "weights_sha256",
+        ],
+        "checkpoint",
+    ),
     **dict.fromkeys(["preprocess_images", "normalize_pixels", "load_image", "open_images", "to_rgb"], "preprocess"),
-    **dict.fromkeys(["ModelError", "ConfigError", "CheckpointError", "TokenizerError", "ImageError",
-                     "ImageTooLargeError"], "errors"),
+    **dict.fromkeys(
+        ["ModelError", "ConfigError", "CheckpointError", "TokenizerError", "ImageError", "ImageTooLargeError"], "errors"
+    ),
 }
 __all__ = list(_SOURCES)
 

@@ -5,6 +5,7 @@ Transparency is composited over varied backgrounds; then random scale/translate/
 blur, pixel noise and JPEG artifacts. Never a horizontal flip (arrows, text and directional
 emoji would change meaning) and never a hue change (colour is in the labels: "red heart").
 """
+
 from __future__ import annotations
 
 import math
@@ -16,15 +17,15 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    scale: tuple[float, float] = (0.75, 1.15)   # drawing size relative to the frame
-    translate: float = 0.1                      # largest shift, as a fraction of the side
+    scale: tuple[float, float] = (0.75, 1.15)  # drawing size relative to the frame
+    translate: float = 0.1  # largest shift, as a fraction of the side
     rotate_degrees: float = 10.0
-    white_background: float = 0.5               # share of plain white backgrounds (what serving composites over)
-    blur: float = 0.25                          # probability of a Gaussian blur
+    white_background: float = 0.5  # share of plain white backgrounds (what serving composites over)
+    blur: float = 0.25  # probability of a Gaussian blur
     blur_sigma: tuple[float, float] = (0.4, 1.0)
-    noise: float = 0.25                         # probability of Gaussian pixel noise
+    noise: float = 0.25  # probability of Gaussian pixel noise
     noise_std: float = 0.04
-    jpeg: float = 0.25                          # probability of JPEG compression artifacts
+    jpeg: float = 0.25  # probability of JPEG compression artifacts
     jpeg_quality: tuple[float, float] = (25.0, 85.0)
 
 
@@ -35,11 +36,22 @@ def augment(rgba: torch.Tensor, config: AugmentConfig, generator: torch.Generato
     premultiplied = random_affine(premultiplied, config, generator)
     color, alpha = premultiplied[:, :3], premultiplied[:, 3:]
     x = color + backgrounds(x.shape[0], x.shape[-2], x.shape[-1], config, x.device, generator) * (1 - alpha)
-    x = _some(x, config.blur, generator, lambda chosen: gaussian_blur(chosen, _uniform(chosen, config.blur_sigma, generator)))
-    x = _some(x, config.noise, generator, lambda chosen: chosen + torch.randn(
-        chosen.shape, generator=generator, device=x.device) * config.noise_std).clamp(0, 1)
+    x = _some(
+        x, config.blur, generator, lambda chosen: gaussian_blur(chosen, _uniform(chosen, config.blur_sigma, generator))
+    )
+    x = _some(
+        x,
+        config.noise,
+        generator,
+        lambda chosen: chosen + torch.randn(chosen.shape, generator=generator, device=x.device) * config.noise_std,
+    ).clamp(0, 1)
     if x.shape[-1] % 8 == 0 and x.shape[-2] % 8 == 0:
-        x = _some(x, config.jpeg, generator, lambda chosen: jpeg_artifacts(chosen, _uniform(chosen, config.jpeg_quality, generator)))
+        x = _some(
+            x,
+            config.jpeg,
+            generator,
+            lambda chosen: jpeg_artifacts(chosen, _uniform(chosen, config.jpeg_quality, generator)),
+        )
     return x
 
 
@@ -71,6 +83,7 @@ def random_affine(x: torch.Tensor, config: AugmentConfig, generator: torch.Gener
 
 def backgrounds(count: int, height: int, width: int, config: AugmentConfig, device, generator) -> torch.Tensor:
     """(count, 3, H, W): white, a solid colour, a two-colour gradient, or soft colour blotches."""
+
     def colors(n: int) -> torch.Tensor:
         return torch.rand((count, 3, n, n), generator=generator, device=device)
 
@@ -78,8 +91,11 @@ def backgrounds(count: int, height: int, width: int, config: AugmentConfig, devi
     corners = colors(2)
     solid = torch.rand((count, 1, 1, 1), generator=generator, device=device) < 0.4
     corners = torch.where(solid, corners[:, :, :1, :1].expand_as(corners), corners)
-    grid = torch.where(torch.rand((count, 1, 1, 1), generator=generator, device=device) < 0.3,
-                       colors(4), F.interpolate(corners, size=(4, 4), mode="bilinear", align_corners=True))
+    grid = torch.where(
+        torch.rand((count, 1, 1, 1), generator=generator, device=device) < 0.3,
+        colors(4),
+        F.interpolate(corners, size=(4, 4), mode="bilinear", align_corners=True),
+    )
     background = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)
     white = torch.rand((count, 1, 1, 1), generator=generator, device=device) < config.white_background
     return torch.where(white, torch.ones_like(background), background)
@@ -89,18 +105,83 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image with its own sigma (5x5 kernel, one grouped convolution)."""
     batch, channels, height, width = x.shape
     offsets = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
-    weights = torch.exp(-offsets.view(1, -1) ** 2 / (2 * sigma.view(-1, 1) ** 2))
-    weights = weights / weights.sum(dim=1, keepdim=True)                     # (B, 5)
+    weights = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    weights = weights / weights.sum(dim=1, keepdim=True)  # (B, 5)
     kernels = (weights[:, :, None] * weights[:, None, :]).repeat_interleave(channels, dim=0)[:, None]
     padded = F.pad(x.reshape(1, batch * channels, height, width), (2, 2, 2, 2), mode="replicate")
     return F.conv2d(padded, kernels, groups=batch * channels).view(batch, channels, height, width)
 
 
 # The JPEG standard's (Annex K) quantisation tables, in 0-255 pixel units.
-_LUMA_TABLE = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-               14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-               49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
-_CHROMA_TABLE = [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38
+_LUMA_TABLE = [
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+]
+_CHROMA_TABLE = (
+    [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38
+)
 
 
 def jpeg_artifacts(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
@@ -109,10 +190,10 @@ def jpeg_artifacts(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     (No chroma subsampling; enough to teach the blocky ringing of real JPEGs.)"""
     batch, _, height, width = x.shape
     ycbcr = _rgb_to_ycbcr(x) - 0.5
-    blocks = ycbcr.view(batch, 3, height // 8, 8, width // 8, 8).transpose(3, 4)   # (B, 3, h, w, 8, 8)
+    blocks = ycbcr.view(batch, 3, height // 8, 8, width // 8, 8).transpose(3, 4)  # (B, 3, h, w, 8, 8)
     dct = _dct_matrix(x.device, x.dtype)
     coefficients = dct @ blocks @ dct.t()
-    step = _quantisation_steps(quality, x.device, x.dtype)                         # (B, 3, 1, 1, 8, 8)
+    step = _quantisation_steps(quality, x.device, x.dtype)  # (B, 3, 1, 1, 8, 8)
     coefficients = torch.round(coefficients / step) * step
     blocks = dct.t() @ coefficients @ dct
     ycbcr = blocks.transpose(3, 4).reshape(batch, 3, height, width) + 0.5

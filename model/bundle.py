@@ -15,6 +15,7 @@ A zip of .npy arrays (numpy's .npz layout, LZMA-compressed members):
 The text tower is frozen, so its pooled outputs are all training needs of it; the trained
 text projection is applied to them in the training step.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,14 +39,14 @@ VAL_SPLITS = ("val", "val_unseen")
 @dataclass
 class Bundle:
     recipe: Recipe
-    train_images: torch.Tensor      # (N, 4, S, S) uint8
-    train_concepts: torch.Tensor    # (N,) long
-    caption_offsets: torch.Tensor   # (N + 1,) long
-    caption_index: torch.Tensor     # long
+    train_images: torch.Tensor  # (N, 4, S, S) uint8
+    train_concepts: torch.Tensor  # (N,) long
+    caption_offsets: torch.Tensor  # (N + 1,) long
+    caption_index: torch.Tensor  # long
     caption_features: torch.Tensor  # (K, T) float32
-    val_images: torch.Tensor        # (M, 4, S, S) uint8
-    val_concepts: torch.Tensor      # (M,) long
-    class_features: torch.Tensor    # (C, T) float32
+    val_images: torch.Tensor  # (M, 4, S, S) uint8
+    val_concepts: torch.Tensor  # (M,) long
+    class_features: torch.Tensor  # (C, T) float32
 
     def caption_draws(self, sampling: str = "uniform") -> torch.Tensor:
         """Cumulative draw weights over caption_index, each image's own summing to 1, so image i's
@@ -67,7 +68,9 @@ class Bundle:
         computed once per run)."""
         target = images.double() + torch.rand(len(images), generator=generator, dtype=torch.float64)
         entries = torch.searchsorted(draws, target, right=True)
-        entries = torch.minimum(torch.maximum(entries, self.caption_offsets[images]), self.caption_offsets[images + 1] - 1)
+        entries = torch.minimum(
+            torch.maximum(entries, self.caption_offsets[images]), self.caption_offsets[images + 1] - 1
+        )
         return self.caption_index[entries]
 
 
@@ -105,6 +108,7 @@ def write_bundle(path: str | Path, recipe: Recipe, arrays: dict[str, np.ndarray]
 
 # ----------------------------------------------------------------------------- pack (full install)
 
+
 def pack(data_dir: str | Path, bundle_path: str | Path, recipe: Recipe, base: str | Path | None = None) -> Path:
     """Read DATA_DIR/index.jsonl, render the training and validation images at the model's input
     size, encode every caption once with the frozen text tower, write the bundle."""
@@ -114,11 +118,13 @@ def pack(data_dir: str | Path, bundle_path: str | Path, recipe: Recipe, base: st
     data_dir = Path(data_dir)
     index = data_dir / "index.jsonl"
     if not index.is_file():
-        raise ModelError(f"{index} not found: DATA_DIR needs an index.jsonl (python -m model.data.emoji build DATA_DIR)")
+        raise ModelError(
+            f"{index} not found: DATA_DIR needs an index.jsonl (python -m model.data.emoji build DATA_DIR)"
+        )
     records = read_index(index)
     recipe = recipe.updated(vision={**DEFAULT_VISION.__dict__, **recipe.vision})
     train = [r for r in records if r.get("split", "train") == "train" and (recipe.skin_tones or _is_base_image(r))]
-    train = train[:recipe.limit_images] if recipe.limit_images else train
+    train = train[: recipe.limit_images] if recipe.limit_images else train
     val = [r for r in records if r.get("split") in VAL_SPLITS and _is_base_image(r)]
     if not train:
         raise ModelError(f"{index} has no training records (split 'train', or no split at all)")
@@ -130,9 +136,14 @@ def pack(data_dir: str | Path, bundle_path: str | Path, recipe: Recipe, base: st
         recipe = recipe.updated(text_width=clip.config.text.width)
         captions = sorted({caption for record in train for caption in record["captions"]})
         caption_row = {caption: row for row, caption in enumerate(captions)}
-        print(f"encoding {len(captions)} captions and {len(concepts)} class prompts with the frozen text tower", file=sys.stderr)
+        print(
+            f"encoding {len(captions)} captions and {len(concepts)} class prompts with the frozen text tower",
+            file=sys.stderr,
+        )
         caption_features = pooled_text_features(clip, tokenizer, captions)
-        class_features = pooled_text_features(clip, tokenizer, [recipe.val_template.replace("{}", l) for l in concepts.values()])
+        class_features = pooled_text_features(
+            clip, tokenizer, [recipe.val_template.replace("{}", name) for name in concepts.values()]
+        )
 
     size = recipe.vision["image_size"]
     lengths = [len(record["captions"]) for record in train]
@@ -148,8 +159,11 @@ def pack(data_dir: str | Path, bundle_path: str | Path, recipe: Recipe, base: st
     }
     path = write_bundle(bundle_path, recipe, arrays)
     megabytes = path.stat().st_size / 2**20
-    print(f"wrote {path}: {len(train)} training images, {len(captions)} captions, {len(val)} validation images, "
-          f"{megabytes:.1f} MiB", file=sys.stderr)
+    print(
+        f"wrote {path}: {len(train)} training images, {len(captions)} captions, {len(val)} validation images, "
+        f"{megabytes:.1f} MiB",
+        file=sys.stderr,
+    )
     if path.stat().st_size > MAX_BUNDLE_BYTES:
         print(f"warning: {path} is over {MAX_BUNDLE_BYTES // 2**20} MiB", file=sys.stderr)
     return path
@@ -190,7 +204,7 @@ def pooled_text_features(clip, tokenizer, texts: list[str], batch_size: int = 25
     """(len(texts), text_width) float16: the text tower's pooled output, before the projection."""
     chunks = []
     for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[start:start + batch_size])
+        ids, mask = tokenizer(texts[start : start + batch_size])
         chunks.append(clip.text_encoder(ids, mask).to(torch.float16))
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, clip.config.text.width), np.float16)
 

@@ -3,6 +3,7 @@
 All checks of a checkpoint live here, so a broken one fails with one clear CheckpointError
 (or TokenizerError for the vocabulary) instead of deep inside torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,10 @@ def check_checkpoint_files(path: str | Path) -> Path:
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
     if missing:
-        raise CheckpointError(f"checkpoint {directory} lacks {', '.join(missing)} "
-                              f"(a checkpoint directory holds {', '.join(CHECKPOINT_FILES)})")
+        raise CheckpointError(
+            f"checkpoint {directory} lacks {', '.join(missing)} "
+            f"(a checkpoint directory holds {', '.join(CHECKPOINT_FILES)})"
+        )
     load_config(directory)
     return directory
 
@@ -92,9 +95,11 @@ def check_state_dict(clip: torch.nn.Module, weights: dict[str, torch.Tensor], so
     expected = clip.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
-    mismatched = sorted(f"{name} {tuple(weights[name].shape)} vs {tuple(expected[name].shape)}"
-                        for name in set(expected) & set(weights)
-                        if tuple(weights[name].shape) != tuple(expected[name].shape))
+    mismatched = sorted(
+        f"{name} {tuple(weights[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in set(expected) & set(weights)
+        if tuple(weights[name].shape) != tuple(expected[name].shape)
+    )
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
@@ -106,7 +111,18 @@ def check_state_dict(clip: torch.nn.Module, weights: dict[str, torch.Tensor], so
         raise CheckpointError(f"weights {source} do not fit the config: " + "; ".join(problems))
 
 
-SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+SAFETENSORS_DTYPES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 MAX_HEADER_BYTES = 100 * 2**20
 
 
@@ -121,8 +137,9 @@ def check_weights_header(path: str | Path) -> None:
     with open(file, "rb") as handle:
         length = int.from_bytes(handle.read(8), "little") if size >= 8 else None
         if length is None or length > min(size - 8, MAX_HEADER_BYTES):
-            raise CheckpointError(f"weights {file} ({size} bytes) are not a safetensors file: "
-                                  "no complete header (empty or cut short?)")
+            raise CheckpointError(
+                f"weights {file} ({size} bytes) are not a safetensors file: no complete header (empty or cut short?)"
+            )
         try:
             header = json.loads(handle.read(length))
         except ValueError as error:
@@ -130,8 +147,9 @@ def check_weights_header(path: str | Path) -> None:
     if not isinstance(header, dict):
         raise CheckpointError(f"weights {file}: the safetensors header is not a JSON object")
     data_bytes = size - 8 - length
-    shapes = {name: _checked_entry(file, name, entry, data_bytes) for name, entry in header.items()
-              if name != "__metadata__"}
+    shapes = {
+        name: _checked_entry(file, name, entry, data_bytes) for name, entry in header.items() if name != "__metadata__"
+    }
     with torch.device("meta"):
         clip = CLIP(load_config(directory))
     check_state_dict(clip, shapes, source=str(file))
@@ -148,8 +166,10 @@ def _checked_entry(file: Path, name: str, entry, data_bytes: int) -> torch.Tenso
     if itemsize is None:
         raise CheckpointError(f"weights {file}: {name} has dtype {entry['dtype']!r}, not a float or int type")
     if not 0 <= begin <= end <= data_bytes or end - begin != math.prod(shape) * itemsize:
-        raise CheckpointError(f"weights {file}: {name}'s bytes ({begin}..{end}) do not fit its shape {shape} "
-                              f"or the file's {data_bytes} data bytes (truncated?)")
+        raise CheckpointError(
+            f"weights {file}: {name}'s bytes ({begin}..{end}) do not fit its shape {shape} "
+            f"or the file's {data_bytes} data bytes (truncated?)"
+        )
     return torch.empty(shape, device="meta")
 
 

@@ -4,6 +4,7 @@
 as in CLIP's training and FLAVA (values below that, the seed's ln(1/0.07) included, are
 unaffected).
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ post-LN text tower with sinusoidal positions, ReLU and mean pooling, no projecti
 Every other field exists because a real checkpoint needs it (all-MiniLM-L6-v2, FLAVA,
 the bundled emoji model). The config is saved as JSON next to the weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,15 +24,15 @@ RESIZE_MODES = ("crop", "squash")
 
 @dataclass
 class VisionConfig:
-    image_size: int = 224          # square input side, in pixels
+    image_size: int = 224  # square input side, in pixels
     patch_size: int = 16
     in_channels: int = 3
-    width: int = 768               # embed_dim in the seed
+    width: int = 768  # embed_dim in the seed
     num_layers: int = 12
     num_heads: int = 12
-    mlp_dim: int = 3072            # mlp_hidden_dim in the seed
+    mlp_dim: int = 3072  # mlp_hidden_dim in the seed
     dropout: float = 0.0
-    layer_norm_eps: float = 1e-5   # torch's default, as in the seed; FLAVA uses 1e-12
+    layer_norm_eps: float = 1e-5  # torch's default, as in the seed; FLAVA uses 1e-12
     # preprocessing: "crop" = shorter side to image_size then center crop (CLIP);
     # "squash" = resize straight to image_size x image_size, aspect not kept (FLAVA)
     resize_mode: str = "crop"
@@ -39,10 +40,22 @@ class VisionConfig:
     std: tuple[float, float, float] = CLIP_STD
 
     def validate(self) -> None:
-        _require(self.width % self.num_heads == 0, f"vision.width {self.width} is not divisible by vision.num_heads {self.num_heads}")
-        _require(self.image_size % self.patch_size == 0, f"vision.image_size {self.image_size} is not a multiple of vision.patch_size {self.patch_size}")
-        _require(self.resize_mode in RESIZE_MODES, f"vision.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        _require(len(self.mean) == self.in_channels and len(self.std) == self.in_channels, "vision.mean and vision.std need one value per channel")
+        _require(
+            self.width % self.num_heads == 0,
+            f"vision.width {self.width} is not divisible by vision.num_heads {self.num_heads}",
+        )
+        _require(
+            self.image_size % self.patch_size == 0,
+            f"vision.image_size {self.image_size} is not a multiple of vision.patch_size {self.patch_size}",
+        )
+        _require(
+            self.resize_mode in RESIZE_MODES,
+            f"vision.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}",
+        )
+        _require(
+            len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
+            "vision.mean and vision.std need one value per channel",
+        )
         _require(all(s > 0 for s in self.std), "vision.std values must be positive")
 
     @property
@@ -53,25 +66,36 @@ class VisionConfig:
 @dataclass
 class TextConfig:
     vocab_size: int = 30522
-    width: int = 768               # d_model in the seed
+    width: int = 768  # d_model in the seed
     num_layers: int = 6
     num_heads: int = 12
-    mlp_dim: int = 3072            # d_ff in the seed
-    max_len: int = 512             # size of the position table
-    context_length: int = 77       # tokens kept per text (truncation), at most max_len
+    mlp_dim: int = 3072  # d_ff in the seed
+    max_len: int = 512  # size of the position table
+    context_length: int = 77  # tokens kept per text (truncation), at most max_len
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
-    activation: str = "relu"       # "relu" (seed) or "gelu" (BERT, FLAVA: exact erf GELU)
+    activation: str = "relu"  # "relu" (seed) or "gelu" (BERT, FLAVA: exact erf GELU)
     positions: str = "sinusoidal"  # "sinusoidal" (seed) or "learned" (BERT)
-    embedding_norm: bool = False   # LayerNorm after token + position embeddings (BERT)
-    pre_norm: bool = False         # pre-LN blocks with a final LayerNorm (FLAVA); seed = post-LN
-    pooling: str = "mean"          # "mean" over real tokens (seed, MiniLM) or "cls" (index 0, FLAVA)
+    embedding_norm: bool = False  # LayerNorm after token + position embeddings (BERT)
+    pre_norm: bool = False  # pre-LN blocks with a final LayerNorm (FLAVA); seed = post-LN
+    pooling: str = "mean"  # "mean" over real tokens (seed, MiniLM) or "cls" (index 0, FLAVA)
 
     def validate(self) -> None:
-        _require(self.width % self.num_heads == 0, f"text.width {self.width} is not divisible by text.num_heads {self.num_heads}")
-        _require(1 <= self.context_length <= self.max_len, f"text.context_length {self.context_length} must be between 1 and text.max_len {self.max_len}")
-        _require(self.activation in ("relu", "gelu"), f"text.activation must be 'relu' or 'gelu', got {self.activation!r}")
-        _require(self.positions in ("sinusoidal", "learned"), f"text.positions must be 'sinusoidal' or 'learned', got {self.positions!r}")
+        _require(
+            self.width % self.num_heads == 0,
+            f"text.width {self.width} is not divisible by text.num_heads {self.num_heads}",
+        )
+        _require(
+            1 <= self.context_length <= self.max_len,
+            f"text.context_length {self.context_length} must be between 1 and text.max_len {self.max_len}",
+        )
+        _require(
+            self.activation in ("relu", "gelu"), f"text.activation must be 'relu' or 'gelu', got {self.activation!r}"
+        )
+        _require(
+            self.positions in ("sinusoidal", "learned"),
+            f"text.positions must be 'sinusoidal' or 'learned', got {self.positions!r}",
+        )
         _require(self.pooling in ("mean", "cls"), f"text.pooling must be 'mean' or 'cls', got {self.pooling!r}")
 
 
@@ -94,12 +118,14 @@ class CLIPConfig:
         self.vision.std = tuple(self.vision.std)
         self.zero_shot_templates = list(self.zero_shot_templates)
 
-    def validate(self) -> "CLIPConfig":
+    def validate(self) -> CLIPConfig:
         self.vision.validate()
         self.text.validate()
         if self.embed_dim is None:
-            _require(self.vision.width == self.text.width,
-                     f"without projections (embed_dim null) vision.width {self.vision.width} must equal text.width {self.text.width}")
+            _require(
+                self.vision.width == self.text.width,
+                f"without projections (embed_dim null) vision.width {self.vision.width} must equal text.width {self.text.width}",
+            )
         for template in self.zero_shot_templates:
             _require("{}" in template, f"zero-shot template {template!r} has no '{{}}' for the label")
         return self
@@ -112,14 +138,14 @@ class CLIPConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CLIPConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CLIPConfig:
         return _from_dict(cls, data, "config").validate()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "CLIPConfig":
+    def load(cls, path: str | Path) -> CLIPConfig:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:

@@ -3,6 +3,7 @@
 Keeping the names (``proj``, ``qkv_proj``, ``out_proj``, ``fc1``, ``fc2``, ``norm1``, ``norm2``)
 means a ``state_dict()`` saved from the seed's code loads here with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,7 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)                    # (B, D, H/p, W/p)
+        x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
@@ -69,8 +70,9 @@ class MLP(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_hidden_dim: int, dropout: float = 0.0,
-                 layer_norm_eps: float = 1e-5):
+    def __init__(
+        self, embed_dim: int, num_heads: int, mlp_hidden_dim: int, dropout: float = 0.0, layer_norm_eps: float = 1e-5
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.attn = MultiHeadAttention(embed_dim, num_heads)

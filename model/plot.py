@@ -1,4 +1,5 @@
 """The training curves as a PNG, drawn with Pillow: loss on the left, accuracies on the right."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,9 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
     return Path(path)
 
 
-def _panel(draw: ImageDraw.ImageDraw, left: int, epochs: list[int], series: dict[str, list], top: float, title: str) -> None:
+def _panel(
+    draw: ImageDraw.ImageDraw, left: int, epochs: list[int], series: dict[str, list], top: float, title: str
+) -> None:
     bottom_y, right = MARGIN + PANEL, left + PANEL
     draw.rectangle((left, MARGIN, right, bottom_y), outline="black")
     draw.text((left, MARGIN - 28), title, fill="black")
@@ -31,8 +34,11 @@ def _panel(draw: ImageDraw.ImageDraw, left: int, epochs: list[int], series: dict
     last = max(epochs, default=1)
     draw.text((right - 40, bottom_y + 6), f"epoch {last}", fill="black")
     for row, (name, values) in enumerate(series.items()):
-        points = [(left + PANEL * epoch / last, bottom_y - PANEL * value / top)
-                  for epoch, value in zip(epochs, values) if value is not None]
+        points = [
+            (left + PANEL * epoch / last, bottom_y - PANEL * value / top)
+            for epoch, value in zip(epochs, values)
+            if value is not None
+        ]
         if len(points) > 1:
             draw.line(points, fill=COLORS[name], width=2)
         for x, y in points:

@@ -4,13 +4,15 @@
 errors, a pixel limit checked before decoding, and JPEG ``draft`` so a 24-megapixel photo is
 decoded at the smallest scale that still covers the model's input size.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,8 +25,9 @@ WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-def load_image(source: bytes | str | os.PathLike | BinaryIO, max_pixels: int | None = None,
-               target_size: int | None = None) -> Image.Image:
+def load_image(
+    source: bytes | str | os.PathLike | BinaryIO, max_pixels: int | None = None, target_size: int | None = None
+) -> Image.Image:
     """Decode one image fully. Raises ImageError (or ImageTooLargeError) with a clear message.
 
     ``max_pixels`` refuses images whose width x height exceeds it, before any pixel is decoded.
@@ -39,7 +42,8 @@ def load_image(source: bytes | str | os.PathLike | BinaryIO, max_pixels: int | N
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLargeError(
-                    f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+                    f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+                )
             if target_size is not None and image.format == "JPEG":
                 image.draft(image.mode, (target_size, target_size))
             image.load()
@@ -54,8 +58,9 @@ def load_image(source: bytes | str | os.PathLike | BinaryIO, max_pixels: int | N
     except FileNotFoundError as error:
         raise ImageError(f"image file not found: {name}") from error
     except Image.UnidentifiedImageError as error:
-        raise ImageError(f"{name} is not an image in a format this server can read "
-                         f"(JPEG, PNG, WebP, GIF, BMP, TIFF, ...)") from error
+        raise ImageError(
+            f"{name} is not an image in a format this server can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ImageError(f"{name} could not be decoded (truncated or corrupt?): {error}") from error
 
@@ -108,8 +113,9 @@ def _vision(config: CLIPConfig | VisionConfig) -> VisionConfig:
     return config.vision if isinstance(config, CLIPConfig) else config
 
 
-def preprocess_images(images: Sequence[Image.Image], config: CLIPConfig | VisionConfig,
-                      normalize: bool = True) -> torch.Tensor:
+def preprocess_images(
+    images: Sequence[Image.Image], config: CLIPConfig | VisionConfig, normalize: bool = True
+) -> torch.Tensor:
     """PIL images -> (N, 3, H, W) float tensor normalised with the config's mean/std,
     or uint8 when ``normalize=False`` (normalise later, e.g. on the GPU, with ``normalize_pixels``)."""
     vision = _vision(config)
@@ -120,8 +126,9 @@ def preprocess_images(images: Sequence[Image.Image], config: CLIPConfig | Vision
     return normalize_pixels(pixels, vision) if normalize else pixels
 
 
-def normalize_pixels(pixels: torch.Tensor, config: CLIPConfig | VisionConfig,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalize_pixels(
+    pixels: torch.Tensor, config: CLIPConfig | VisionConfig, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> normalised float of ``dtype``, on the tensor's own device."""
     vision = _vision(config)
     mean = torch.tensor(vision.mean, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1)

@@ -1,4 +1,5 @@
 """The training recipe: every choice that shapes a trained model, saved as JSON inside the bundle."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-
 
 CAPTION_SAMPLING = ("uniform", "specific")
 
@@ -28,7 +28,7 @@ class Recipe:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     seed: int = 0
-    max_steps: int | None = None   # stop after this many steps in all (smoke runs, tests)
+    max_steps: int | None = None  # stop after this many steps in all (smoke runs, tests)
     # a wall-time budget for the training steps, in seconds: after a few steps the loop measures
     # its step rate and sizes the schedule (warmup + cosine) to end inside the budget. For a
     # host whose speed is not known in advance (a lent GPU); None: the schedule is epochs * steps.
@@ -41,13 +41,15 @@ class Recipe:
     # images carry that caption, so "a drawing of face", shared by a hundred smileys, is rarely drawn)
     caption_sampling: str = "uniform"
     # data (used by pack)
-    skin_tones: bool = False       # also train on skin-tone variants (extra images of their concept)
+    skin_tones: bool = False  # also train on skin-tone variants (extra images of their concept)
     limit_images: int | None = None  # keep only the first N training images (tests)
     val_template: str = "an emoji of {}."  # class prompts for the per-epoch validation accuracy
 
     def __post_init__(self):
         if self.caption_sampling not in CAPTION_SAMPLING:
-            raise ConfigError(f"caption_sampling must be one of {', '.join(CAPTION_SAMPLING)}, not {self.caption_sampling!r}")
+            raise ConfigError(
+                f"caption_sampling must be one of {', '.join(CAPTION_SAMPLING)}, not {self.caption_sampling!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,13 +58,13 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown recipe field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**data)
 
-    def updated(self, **changes: Any) -> "Recipe":
+    def updated(self, **changes: Any) -> Recipe:
         """A copy with the given fields changed (None values are ignored: 'not given on the command line')."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -10,6 +10,7 @@ Defects of the seed fixed here (seed: ../shared/seed/README.md):
 The encoder is torch's own ``nn.TransformerEncoder`` (its attention runs through
 ``scaled_dot_product_attention``), which keeps the seed's parameter names.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,17 +62,23 @@ class TextEncoder(nn.Module):
         self.embeddings = nn.Embedding(config.vocab_size, width)
         position_class = PositionalEncoding if config.positions == "sinusoidal" else LearnedPositionalEncoding
         self.positional_encoding = position_class(width, config.max_len)
-        self.embedding_norm = (nn.LayerNorm(width, eps=config.layer_norm_eps)
-                               if config.embedding_norm else nn.Identity())
+        self.embedding_norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if config.embedding_norm else nn.Identity()
         self.embedding_dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
-            width, config.num_heads, config.mlp_dim, config.dropout,
-            activation=config.activation, layer_norm_eps=config.layer_norm_eps,
-            batch_first=True, norm_first=config.pre_norm,
+            width,
+            config.num_heads,
+            config.mlp_dim,
+            config.dropout,
+            activation=config.activation,
+            layer_norm_eps=config.layer_norm_eps,
+            batch_first=True,
+            norm_first=config.pre_norm,
         )
         final_norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if config.pre_norm else None
         self.transformer_encoder = nn.TransformerEncoder(
-            layer, config.num_layers, norm=final_norm,
+            layer,
+            config.num_layers,
+            norm=final_norm,
             # nested tensors (the fast path that skips padding) only support post-LN layers
             enable_nested_tensor=not config.pre_norm,
         )
@@ -83,7 +90,7 @@ class TextEncoder(nn.Module):
         mask = mask.bool()
         x = self.positional_encoding(self.embeddings(ids))
         x = self.embedding_dropout(self.embedding_norm(x))
-        x = self.transformer_encoder(x, src_key_padding_mask=~mask)   # (B, L, D)
+        x = self.transformer_encoder(x, src_key_padding_mask=~mask)  # (B, L, D)
         if self.config.pooling == "cls":
             return x[:, 0]
         weights = mask.unsqueeze(-1).to(x.dtype)

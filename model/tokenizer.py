@@ -4,11 +4,12 @@
 Texts longer than ``context_length`` are truncated (never an error); a batch is padded to its
 longest member. Returns ``(ids, mask)``: LongTensor (N, L) and BoolTensor (N, L).
 """
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
@@ -45,7 +46,8 @@ class Tokenizer:
         if expected_size is not None and len(vocab) != expected_size:
             raise TokenizerError(
                 f"vocabulary {self.vocab_path} has {len(vocab)} tokens but the model expects {expected_size} "
-                f"(text.vocab_size): use the vocabulary the checkpoint was trained with")
+                f"(text.vocab_size): use the vocabulary the checkpoint was trained with"
+            )
         missing = [token for token in REQUIRED_TOKENS if token not in vocab]
         if missing:
             raise TokenizerError(f"vocabulary {self.vocab_path} lacks the special token(s) {', '.join(missing)}")

@@ -13,6 +13,7 @@ epoch: the trained tensors (trained-*.pt shards of at most 16 MiB, trained.json 
 history.json, and resume.pt (optimizer state, for --resume). Under torchrun each process takes
 its share of every batch; DistributedDataParallel averages the gradients.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -112,16 +113,26 @@ def attention_kernel(math_attention: bool):
     return sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, pixels: torch.Tensor, caption_features: torch.Tensor,
-                  concepts: torch.Tensor, concept_weight: float = 0.0, concept_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  autocast_dtype: torch.dtype | None = None, math_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pixels: torch.Tensor,
+    caption_features: torch.Tensor,
+    concepts: torch.Tensor,
+    concept_weight: float = 0.0,
+    concept_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    math_attention: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a batch; returns (loss, batch top-1). ``concept_targets`` (the seen
     concepts' class-prompt features, each concept's row among them: seen_concepts) adds the concept
     loss with ``concept_weight``; without it no concept logits are computed."""
     device = pixels.device
     text_sets = [caption_features] + ([concept_targets[0]] if concept_targets is not None else [])
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None), \
-            attention_kernel(math_attention):
+    with (
+        torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
+        attention_kernel(math_attention),
+    ):
         logits, *concept_logits = model(pixels, *text_sets)
     loss, accuracy = contrastive_loss(logits, concepts.to(device))
     if concept_targets is not None:
@@ -215,13 +226,14 @@ def validate(towers: TrainedTowers, bundle: Bundle, device: torch.device, batch_
     classes = towers.embed_texts(bundle.class_features.to(device))
     correct = 0
     for start in range(0, len(bundle.val_images), batch_size):
-        pixels = normalize(over_white(bundle.val_images[start:start + batch_size].to(device)))
+        pixels = normalize(over_white(bundle.val_images[start : start + batch_size].to(device)))
         predicted = (towers.embed_images(pixels) @ classes.t()).argmax(dim=1).cpu()
-        correct += (predicted == bundle.val_concepts[start:start + batch_size]).sum().item()
+        correct += (predicted == bundle.val_concepts[start : start + batch_size]).sum().item()
     return correct / len(bundle.val_images)
 
 
 # ----------------------------------------------------------------------------- distributed
+
 
 def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group when launched by torchrun."""
@@ -236,6 +248,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 # ----------------------------------------------------------------------------- outputs
+
 
 def save_trained(towers: TrainedTowers, recipe: Recipe, run_dir: Path) -> None:
     """The trained tensors as float32 shards of at most 16 MiB, and trained.json naming them."""
@@ -296,8 +309,14 @@ class Progress:
     def update(self, done: int, images: int, values: Callable[[], dict[str, float]]) -> None:
         """``values`` is called only when a line is printed: reading a loss off a GPU waits for it."""
         now = time.perf_counter()
-        due = (now - self.last_line >= self.REDRAW_INTERVAL or done == self.total) if self.tty else \
-            ((done == self.total or done % max(1, self.total // 10) == 0) and now - self.last_line >= self.LOG_INTERVAL)
+        due = (
+            (now - self.last_line >= self.REDRAW_INTERVAL or done == self.total)
+            if self.tty
+            else (
+                (done == self.total or done % max(1, self.total // 10) == 0)
+                and now - self.last_line >= self.LOG_INTERVAL
+            )
+        )
         if not self.enabled or not due:
             return
         self.last_line = now
@@ -306,13 +325,25 @@ class Progress:
         rate = images / max(1e-9, now - self.started)
         stats = " ".join(f"{k} {v:.4g}" for k, v in values().items())
         line = f"{self.label} [{bar}] {done}/{self.total} {stats} {rate:.0f} img/s"
-        print(("\r" + line) if self.tty else line, end="" if self.tty and done < self.total else "\n", file=sys.stderr, flush=True)
+        print(
+            ("\r" + line) if self.tty else line,
+            end="" if self.tty and done < self.total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # ----------------------------------------------------------------------------- the training loop
 
-def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict | None = None, resume: bool = False,
-                 precision: str = "auto", save_every: float = 0.0) -> Path:
+
+def train_bundle(
+    bundle_path: str | Path,
+    run_dir: str | Path,
+    overrides: dict | None = None,
+    resume: bool = False,
+    precision: str = "auto",
+    save_every: float = 0.0,
+) -> Path:
     """Train from a bundle into RUN_DIR. Returns RUN_DIR. Validation and saving happen after an
     epoch once ``save_every`` seconds have passed since the last (0: after every epoch), and
     always after the last."""
@@ -324,10 +355,14 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
         overrides["vision"] = {**bundle.recipe.vision, **overrides["vision"]}
     recipe = bundle.recipe.updated(**overrides)
     if recipe.max_seconds and world > 1:
-        raise ModelError("max_seconds sizes the schedule from one process's step rate: under torchrun, set epochs or max_steps")
+        raise ModelError(
+            "max_seconds sizes the schedule from one process's step rate: under torchrun, set epochs or max_steps"
+        )
     if recipe.vision["image_size"] != bundle.train_images.shape[-1]:
-        raise ModelError(f"the bundle's images are {bundle.train_images.shape[-1]} px but the recipe asks for "
-                         f"image_size {recipe.vision['image_size']}: pack again with that recipe")
+        raise ModelError(
+            f"the bundle's images are {bundle.train_images.shape[-1]} px but the recipe asks for "
+            f"image_size {recipe.vision['image_size']}: pack again with that recipe"
+        )
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
@@ -366,8 +401,11 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
     autocast_dtype = training_precision(device, precision)
     budget = TimeBudget(recipe.max_seconds, device) if recipe.max_seconds else None
     if rank == 0:
-        print(f"training in {autocast_dtype or torch.float32} on {device}"
-              + (f", {recipe.max_seconds:g} s budget" if budget else ""), file=sys.stderr)
+        print(
+            f"training in {autocast_dtype or torch.float32} on {device}"
+            + (f", {recipe.max_seconds:g} s budget" if budget else ""),
+            file=sys.stderr,
+        )
     step = first_step = scheduler.last_epoch
     last_save = time.perf_counter()
     progress = Progress(rank == 0)
@@ -380,45 +418,76 @@ def train_bundle(bundle_path: str | Path, run_dir: str | Path, overrides: dict |
         progress.epoch(min(steps_per_epoch, total_steps - step), f"epoch {epoch + 1}/{recipe.epochs}")
         losses, accuracies = [], []
         for batch in range(progress.total):
-            indices = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size][rank::world][:per_process]
+            indices = order[batch * recipe.batch_size : (batch + 1) * recipe.batch_size][rank::world][:per_process]
             captions = bundle.sample_captions(indices, generator, draws)
             pixels = train_images[indices.to(resident)].to(device)
             indices = indices.to(device)
             pixels = normalize(augment(pixels, augment_config, _device_generator(device, generator)))
-            loss, accuracy = training_step(model, optimizer, pixels, caption_features[captions.to(device)],
-                                           train_concepts[indices], recipe.concept_loss_weight, concept_targets,
-                                           autocast_dtype, math_attention=device.type == "cpu")
+            loss, accuracy = training_step(
+                model,
+                optimizer,
+                pixels,
+                caption_features[captions.to(device)],
+                train_concepts[indices],
+                recipe.concept_loss_weight,
+                concept_targets,
+                autocast_dtype,
+                math_attention=device.type == "cpu",
+            )
             scheduler.step()
             step += 1
             losses.append(loss.detach())
             accuracies.append(accuracy.detach())
-            progress.update(batch + 1, (batch + 1) * recipe.batch_size, lambda: {
-                "loss": losses[-1].item(), "acc": accuracies[-1].item(), "lr": scheduler.get_last_lr()[0],
-                "scale": towers.logit_scale.exp().item()})
+            progress.update(
+                batch + 1,
+                (batch + 1) * recipe.batch_size,
+                lambda loss=loss, accuracy=accuracy: {
+                    "loss": loss.item(),
+                    "acc": accuracy.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "scale": towers.logit_scale.exp().item(),
+                },
+            )
             if budget is not None:
                 sized = budget.total_steps(step, first_step)
                 if sized is not None:
                     total_steps = schedule.total_steps = min(total_steps, sized)
                     if rank == 0:
-                        print(f"time budget: {total_steps} steps in all ({total_steps / steps_per_epoch:.0f} epochs)",
-                              file=sys.stderr)
+                        print(
+                            f"time budget: {total_steps} steps in all ({total_steps / steps_per_epoch:.0f} epochs)",
+                            file=sys.stderr,
+                        )
                 if budget.exhausted():  # the estimate ran short: end here, and a --resume will not go on
                     total_steps = schedule.total_steps = step
             if step >= total_steps:
                 break
         finished = step >= total_steps or epoch + 1 == recipe.epochs
-        history.append({"epoch": epoch + 1, "step": step, "loss": torch.stack(losses).mean().item(),
-                        "train_accuracy": torch.stack(accuracies).mean().item(), "val_top1": None,
-                        "seconds": time.perf_counter() - progress.started})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": torch.stack(losses).mean().item(),
+                "train_accuracy": torch.stack(accuracies).mean().item(),
+                "val_top1": None,
+                "seconds": time.perf_counter() - progress.started,
+            }
+        )
         if rank == 0 and (finished or time.perf_counter() - last_save >= save_every):
             towers.eval()
             history[-1]["val_top1"] = validate(towers, bundle, device)
             print(f"epoch {epoch + 1}: " + json.dumps(history[-1]), file=sys.stderr, flush=True)
             save_trained(towers, recipe, run_dir)
             _write_json(run_dir / HISTORY_FILE, history)
-            torch.save({"towers": towers.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch + 1},
-                       run_dir / f"{RESUME_FILE}.partial")
+            torch.save(
+                {
+                    "towers": towers.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "epoch": epoch + 1,
+                },
+                run_dir / f"{RESUME_FILE}.partial",
+            )
             os.replace(run_dir / f"{RESUME_FILE}.partial", run_dir / RESUME_FILE)
             last_save = time.perf_counter()
         if world > 1:
@@ -438,8 +507,14 @@ def _device_generator(device: torch.device, seeded_from: torch.Generator) -> tor
 
 # ----------------------------------------------------------------------------- assemble (full install)
 
-def assemble(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
-             base: str | Path | None = None, templates: list[str] | None = None) -> Path:
+
+def assemble(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    base: str | Path | None = None,
+    templates: list[str] | None = None,
+) -> Path:
     """Trained tensors + the frozen text tower -> a checkpoint directory (fp16 safetensors).
     With DATA_DIR, zero_shot_templates are the candidates that do best on the validation style."""
     import tempfile
@@ -462,6 +537,7 @@ def assemble(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | No
             clip.config.zero_shot_templates = list(templates)
         elif data_dir is not None:
             from .eval import choose_templates
+
             clip.config.zero_shot_templates = choose_templates(clip, tokenizer, data_dir)
         out = save_pretrained(clip, tokenizer, out_dir, dtype=torch.float16)
     history_path = Path(run_dir) / HISTORY_FILE
@@ -472,9 +548,14 @@ def assemble(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | No
 
 # ----------------------------------------------------------------------------- command line
 
+
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", type=Path, help="JSON file of Recipe fields (model/recipe.py); "
-                        "for a bundle, training fields that change the bundle's recipe")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="JSON file of Recipe fields (model/recipe.py); "
+        "for a bundle, training fields that change the bundle's recipe",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
@@ -483,13 +564,22 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _precision_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="autocast dtype; auto: bf16 on CUDA and on CPUs with bf16 units, else fp32")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="autocast dtype; auto: bf16 on CUDA and on CPUs with bf16 units, else fp32",
+    )
 
 
 def _overrides(args) -> dict:
-    return {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-            "max_steps": args.max_steps, "seed": args.seed}
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "max_steps": args.max_steps,
+        "seed": args.seed,
+    }
 
 
 def _recipe_changes(args) -> dict:
@@ -503,13 +593,19 @@ def _recipe(args) -> Recipe:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clip-train", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    parser = argparse.ArgumentParser(
+        prog="clip-train",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", parents=[common], help="pack DATA_DIR into OUT/bundle.npz, train into OUT/run, assemble OUT/checkpoint")
+    train = commands.add_parser(
+        "train", parents=[common], help="pack DATA_DIR into OUT/bundle.npz, train into OUT/run, assemble OUT/checkpoint"
+    )
     train.add_argument("data_dir", type=Path)
     train.add_argument("out", type=Path)
     train.add_argument("--resume", action="store_true", help="continue OUT/run from its last finished epoch")
@@ -523,22 +619,35 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--base", type=Path, help="checkpoint whose text tower to use (default: all-MiniLM-L6-v2)")
     _recipe_arguments(pack)
 
-    bundle = commands.add_parser("bundle", parents=[common], help="train from a bundle (what `python -m model.train --bundle` runs)")
+    bundle = commands.add_parser(
+        "bundle", parents=[common], help="train from a bundle (what `python -m model.train --bundle` runs)"
+    )
     bundle.add_argument("--bundle", type=Path, required=True)
     bundle.add_argument("--out", type=Path, required=True, help="RUN_DIR for the trained tensors")
     bundle.add_argument("--resume", action="store_true")
-    bundle.add_argument("--save-every", type=float, default=0.0, metavar="SECONDS",
-                        help="validate and save after an epoch only once this long has passed since the last "
-                             "(default 0: every epoch; the last is always saved)")
+    bundle.add_argument(
+        "--save-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="validate and save after an epoch only once this long has passed since the last "
+        "(default 0: every epoch; the last is always saved)",
+    )
     _precision_argument(bundle)
     _recipe_arguments(bundle)
 
-    assemble_parser = commands.add_parser("assemble", parents=[common], help="trained tensors + text tower -> checkpoint directory")
+    assemble_parser = commands.add_parser(
+        "assemble", parents=[common], help="trained tensors + text tower -> checkpoint directory"
+    )
     assemble_parser.add_argument("run_dir", type=Path)
     assemble_parser.add_argument("out", type=Path)
-    assemble_parser.add_argument("--data", type=Path, help="DATA_DIR: choose zero-shot templates on its validation style")
+    assemble_parser.add_argument(
+        "--data", type=Path, help="DATA_DIR: choose zero-shot templates on its validation style"
+    )
     assemble_parser.add_argument("--templates", nargs="+", help="set zero_shot_templates instead of choosing them")
-    assemble_parser.add_argument("--base", type=Path, help="checkpoint whose text tower to use (default: all-MiniLM-L6-v2)")
+    assemble_parser.add_argument(
+        "--base", type=Path, help="checkpoint whose text tower to use (default: all-MiniLM-L6-v2)"
+    )
     return parser
 
 
@@ -553,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pack":
             from .bundle import pack
+
             pack(args.data_dir, args.bundle, _recipe(args), args.base)
         elif args.command == "bundle":
             train_bundle(args.bundle, args.out, _recipe_changes(args), args.resume, args.precision, args.save_every)
@@ -560,9 +670,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {assemble(args.run_dir, args.out, args.data, args.base, args.templates)}")
         else:
             from .bundle import pack
+
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                raise ModelError("under torchrun, pack first (clip-train pack DATA_DIR BUNDLE), "
-                                 "then run python -m model.train --bundle BUNDLE --out RUN_DIR")
+                raise ModelError(
+                    "under torchrun, pack first (clip-train pack DATA_DIR BUNDLE), "
+                    "then run python -m model.train --bundle BUNDLE --out RUN_DIR"
+                )
             bundle = args.out / "bundle.npz"
             if not (args.resume and bundle.exists()):
                 pack(args.data_dir, bundle, _recipe(args), args.base)

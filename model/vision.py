@@ -1,4 +1,5 @@
 """The image tower: a Vision Transformer that returns the CLS token after the final LayerNorm."""
+
 from __future__ import annotations
 
 import torch
@@ -17,10 +18,12 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, width))
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([
-            TransformerBlock(width, config.num_heads, config.mlp_dim, config.dropout, config.layer_norm_eps)
-            for _ in range(config.num_layers)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                TransformerBlock(width, config.num_heads, config.mlp_dim, config.dropout, config.layer_norm_eps)
+                for _ in range(config.num_layers)
+            ]
+        )
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         # The seed starts both at zero; small random values (as timm) train better from scratch.
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -28,9 +31,9 @@ class ViT(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised pixels -> (B, width) CLS features."""
-        x = self.patch_embed(pixels)                                   # (B, N, D)
+        x = self.patch_embed(pixels)  # (B, N, D)
         cls_tokens = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat((cls_tokens, x), dim=1) + self.pos_embed         # (B, 1 + N, D)
+        x = torch.cat((cls_tokens, x), dim=1) + self.pos_embed  # (B, 1 + N, D)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x)

@@ -1,7 +1,8 @@
 """Class embeddings for zero-shot classification, with CLIP's prompt ensembling."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +27,19 @@ def encode_texts(clip: CLIP, tokenizer: Tokenizer, texts: Sequence[str], batch_s
     """Normalised embeddings of texts as given, encoded in chunks of ``batch_size``."""
     chunks = []
     for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[start:start + batch_size])
+        ids, mask = tokenizer(texts[start : start + batch_size])
         chunks.append(clip.encode_text(ids, mask))
     return torch.cat(chunks)
 
 
 @torch.inference_mode()
-def label_embeddings(clip: CLIP, tokenizer: Tokenizer, labels: Sequence[str],
-                     templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 256) -> torch.Tensor:
+def label_embeddings(
+    clip: CLIP,
+    tokenizer: Tokenizer,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """(C, D): each label through each template, embeddings normalised, averaged over the
     templates, renormalised (CLIP's prompt ensembling)."""
     if not labels:

@@ -6,6 +6,7 @@ drawings (the test style: never trained on) among five plain-word labels.
 It starts the real clip-serve with no settings (the bundled checkpoint) and drives the page as the
 browser tests do (tests/app/cdp.py), every non-loopback request blocked.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny but real checkpoint, written by the library's own save path, and the
 device and model shape of the cuda-marked tests (see cuda_test_device)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The README and the pages under docs/ link to files that exist."""
+
 import re
 from pathlib import Path
 

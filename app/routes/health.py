@@ -1,4 +1,5 @@
 """Liveness, readiness, model information and Prometheus metrics."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
@@ -15,8 +16,12 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Health, responses=openapi_responses(503),
-            summary="Ready (model loaded and warmed up); 503 with Retry-After until then")
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses=openapi_responses(503),
+    summary="Ready (model loaded and warmed up); 503 with Retry-After until then",
+)
 async def readyz(request: Request) -> dict:
     request.app.state.service.ready_engine()
     return {"status": "ready"}
@@ -27,7 +32,8 @@ async def model_info(request: Request) -> dict:
     return request.app.state.service.ready_engine().info()
 
 
-@router.get("/metrics", responses=openapi_responses(401), response_class=Response,
-            summary="Prometheus metrics (text format)")
+@router.get(
+    "/metrics", responses=openapi_responses(401), response_class=Response, summary="Prometheus metrics (text format)"
+)
 async def prometheus_metrics() -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,4 +1,5 @@
 """The demo page at / and the API docs (/docs, /redoc) served from local files, no CDN."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,15 +24,22 @@ async def demo_page() -> FileResponse:
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "")
-    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - API",
-                               swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
-                               swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
-                               swagger_favicon_url=f"{root}/static/favicon.svg")
+    return get_swagger_ui_html(
+        openapi_url=f"{root}/openapi.json",
+        title=f"{request.app.title} - API",
+        swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+        swagger_favicon_url=f"{root}/static/favicon.svg",
+    )
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "")
-    return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - ReDoc",
-                          redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
-                          redoc_favicon_url=f"{root}/static/favicon.svg", with_google_fonts=False)
+    return get_redoc_html(
+        openapi_url=f"{root}/openapi.json",
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
+        redoc_favicon_url=f"{root}/static/favicon.svg",
+        with_google_fonts=False,
+    )

@@ -6,6 +6,7 @@ leaves what it measured.
 A step is a script `python3 bench/gpu/<step>.py --result FILE.json [--dry-run]`; bench/gpu/run.py
 runs the steps in order, each under its own time cap, and merges their result files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -31,8 +33,20 @@ VOCAB = ROOT / "model" / "weights" / "emoji-clip" / "vocab.txt"  # tracked: trav
 # what the GPU figures are measured on. The dry run uses the tiny shapes of the tests.
 BASE_SHAPE = dict(
     vision=dict(image_size=224, patch_size=16, width=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    text=dict(width=384, num_layers=6, num_heads=12, mlp_dim=1536, max_len=512, context_length=77, dropout=0.0,
-              layer_norm_eps=1e-12, activation="gelu", positions="learned", embedding_norm=True, pooling="mean"),
+    text=dict(
+        width=384,
+        num_layers=6,
+        num_heads=12,
+        mlp_dim=1536,
+        max_len=512,
+        context_length=77,
+        dropout=0.0,
+        layer_norm_eps=1e-12,
+        activation="gelu",
+        positions="learned",
+        embedding_norm=True,
+        pooling="mean",
+    ),
     embed_dim=512,
 )
 TINY_SHAPE = dict(
@@ -49,17 +63,21 @@ def import_seed():
         if (directory / "seed_clip.py").is_file():
             sys.path.insert(0, str(directory))
             import seed_clip
+
             return seed_clip
-    raise ImportError(f"seed_clip.py not found in {' or '.join(map(str, SEED_DIRS))}: "
-                      "run bench/gpu/prepare.py, which copies it into .carry/seed")
+    raise ImportError(
+        f"seed_clip.py not found in {' or '.join(map(str, SEED_DIRS))}: "
+        "run bench/gpu/prepare.py, which copies it into .carry/seed"
+    )
 
 
 @dataclass
 class Setting:
     """Where and how big a step runs."""
+
     dry_run: bool
-    device: str          # "cuda" or "cpu"
-    shape: dict          # BASE_SHAPE or TINY_SHAPE
+    device: str  # "cuda" or "cpu"
+    shape: dict  # BASE_SHAPE or TINY_SHAPE
 
     @property
     def cuda(self) -> bool:
@@ -68,11 +86,13 @@ class Setting:
     def sync(self) -> None:
         if self.cuda:
             import torch
+
             torch.cuda.synchronize()
 
 
 def setting(dry_run: bool) -> Setting:
     import torch
+
     cuda = torch.cuda.is_available() and not dry_run
     return Setting(dry_run, "cuda" if cuda else "cpu", TINY_SHAPE if dry_run else BASE_SHAPE)
 
@@ -82,6 +102,7 @@ def random_checkpoint(directory: Path, shape: dict, seed: int = 0, logit_scale: 
     import torch
 
     import model
+
     torch.manual_seed(seed)
     config = model.CLIPConfig.from_dict({**shape, "zero_shot_templates": TEMPLATES})
     clip = model.CLIP(config).eval()
@@ -114,8 +135,11 @@ def step_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--result", type=Path, required=True, help="JSON file the step's figures go to")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to prove the step runs")
-    parser.add_argument("--budget", type=float, help="seconds after which the step starts no new measurement "
-                        "(bench/gpu/run.py passes its cap less a margin)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="seconds after which the step starts no new measurement (bench/gpu/run.py passes its cap less a margin)",
+    )
     return parser
 
 

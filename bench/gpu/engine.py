@@ -18,6 +18,7 @@ Each: images/s, the mean batch the batcher ran, request latency, and its ratio t
 
 --dry-run: the tiny shape on the CPU, 64x48 JPEGs, max batch 4, a few dozen requests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,20 +27,31 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import LABELS, Results, Setting, log, random_checkpoint, step_arguments, time_calls
+from common import setting as step_setting
+from measuring import (
+    Budget,
+    Entry,
+    Skip,
+    describe_host,
+    engine_max_batch,
+    entry,
+    exit_status,
+    images_per_s,
+    milliseconds,
+    quiet_threads,
+    ratio,
+)
 from PIL import Image
-
-from common import (LABELS, Results, Setting, log, random_checkpoint, setting as step_setting, step_arguments,
-                    time_calls)
-from measuring import (exit_status, Budget, Entry, Skip, describe_host, engine_max_batch, entry, images_per_s, milliseconds,
-                       quiet_threads, ratio)
 
 from app.engine import ZeroShotEngine
 from app.service import ZeroShotService
@@ -49,21 +61,35 @@ from model.config import VisionConfig
 
 @dataclass
 class Plan:
-    image_size: tuple[int, int]   # (width, height) of the JPEGs
+    image_size: tuple[int, int]  # (width, height) of the JPEGs
     distinct_images: int
-    requests: int                 # per timed run
+    requests: int  # per timed run
     warmup_requests: int
     ceiling_iterations: int
     budget: Budget
-    need_s: float                 # seconds a run needs to be started
+    need_s: float  # seconds a run needs to be started
 
 
 def make_plan(setting: Setting, budget_seconds: float | None = None) -> Plan:
     if setting.dry_run:
-        return Plan((64, 48), distinct_images=4, requests=32, warmup_requests=8, ceiling_iterations=5,
-                    budget=Budget(600), need_s=0)
-    return Plan((640, 480), distinct_images=8, requests=3072, warmup_requests=256, ceiling_iterations=30,
-                budget=Budget(budget_seconds or 48), need_s=5)
+        return Plan(
+            (64, 48),
+            distinct_images=4,
+            requests=32,
+            warmup_requests=8,
+            ceiling_iterations=5,
+            budget=Budget(600),
+            need_s=0,
+        )
+    return Plan(
+        (640, 480),
+        distinct_images=8,
+        requests=3072,
+        warmup_requests=256,
+        ceiling_iterations=30,
+        budget=Budget(budget_seconds or 48),
+        need_s=5,
+    )
 
 
 def photo_like_jpegs(count: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
@@ -80,7 +106,7 @@ def photo_like_jpegs(count: int, size: tuple[int, int], seed: int = 0) -> list[b
         image = rng.uniform(40, 200, 3) + rng.uniform(-60, 60, 3) * ramp
         for _ in range(6):
             cx, cy, radius = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
-            blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius ** 2))[..., None]
+            blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))[..., None]
             image = image + rng.uniform(-80, 80, 3) * blob
         for _ in range(4):  # hard edges, as objects have
             left, top = rng.uniform(0, 0.8), rng.uniform(0, 0.8)
@@ -103,10 +129,11 @@ def resize_like_preprocess(image: torch.Tensor, vision: VisionConfig) -> torch.T
     else:
         scale = size / min(width, height)
         new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = F.interpolate(image[None].float(), size=(new_height, new_width), mode="bicubic", antialias=True,
-                            align_corners=False)[0]
+    resized = F.interpolate(
+        image[None].float(), size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False
+    )[0]
     top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized[:, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
+    return resized[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
 
 
 def torchvision_decoder(engine: ZeroShotEngine) -> Callable[[bytes], torch.Tensor]:
@@ -121,6 +148,7 @@ def torchvision_decoder(engine: ZeroShotEngine) -> Callable[[bytes], torch.Tenso
     def decode(data: bytes) -> torch.Tensor:
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return resize_like_preprocess(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device), vision)
+
     return decode
 
 
@@ -134,7 +162,9 @@ class Pipeline:
         self.batch_sizes: list[int] = []
         service.batcher.on_batch = lambda size, waits: self.batch_sizes.append(size)
 
-    async def run(self, payloads: list[Any], mode: str, decode: Callable[[bytes], torch.Tensor] | None = None) -> dict[str, Any]:
+    async def run(
+        self, payloads: list[Any], mode: str, decode: Callable[[bytes], torch.Tensor] | None = None
+    ) -> dict[str, Any]:
         """mode "jpeg": payloads are JPEG bytes for service.classify; "pixels": uint8 tensors, or
         bytes that ``decode`` turns into them on this bench's decode threads."""
         loop = asyncio.get_running_loop()
@@ -159,9 +189,14 @@ class Pipeline:
         elapsed = time.perf_counter() - started
         if shapes != {(1, len(LABELS))}:
             raise RuntimeError(f"results of shapes {shapes}, expected (1, {len(LABELS)}) per request")
-        return {"images_per_s": round(len(payloads) / elapsed, 2), "requests": len(payloads),
-                "seconds": round(elapsed, 3), "mean_batch": round(statistics.mean(self.batch_sizes), 2),
-                "batches": len(self.batch_sizes), "request_ms": milliseconds(latencies)}
+        return {
+            "images_per_s": round(len(payloads) / elapsed, 2),
+            "requests": len(payloads),
+            "seconds": round(elapsed, 3),
+            "mean_batch": round(statistics.mean(self.batch_sizes), 2),
+            "batches": len(self.batch_sizes),
+            "request_ms": milliseconds(latencies),
+        }
 
 
 def decode_only(decoders: ThreadPoolExecutor, decode: Callable[[bytes], torch.Tensor], payloads: list[bytes]) -> float:
@@ -192,21 +227,36 @@ class EngineBench:
 
     def describe(self) -> None:
         self.results["setup"] = {
-            "engine_device": str(self.engine.device), "engine_dtype": str(self.engine.dtype).removeprefix("torch."),
-            "input_size": self.engine.config.vision.image_size, "max_batch": self.max_batch,
-            "batch_wait_ms": self.service.settings.batch_wait_ms, "decode_threads": self.threads,
-            "in_flight_requests": self.pipeline.in_flight, "labels": len(LABELS),
-            "jpeg": {"size": list(self.plan.image_size), "distinct": len(self.jpegs), "quality": 90,
-                     "mean_bytes": round(statistics.mean(map(len, self.jpegs)))},
-            "requests_per_run": self.plan.requests, "images_per_request": 1}
+            "engine_device": str(self.engine.device),
+            "engine_dtype": str(self.engine.dtype).removeprefix("torch."),
+            "input_size": self.engine.config.vision.image_size,
+            "max_batch": self.max_batch,
+            "batch_wait_ms": self.service.settings.batch_wait_ms,
+            "decode_threads": self.threads,
+            "in_flight_requests": self.pipeline.in_flight,
+            "labels": len(LABELS),
+            "jpeg": {
+                "size": list(self.plan.image_size),
+                "distinct": len(self.jpegs),
+                "quality": 90,
+                "mean_bytes": round(statistics.mean(map(len, self.jpegs))),
+            },
+            "requests_per_run": self.plan.requests,
+            "images_per_request": 1,
+        }
 
     def measure_ceiling(self) -> None:
-        with entry(self.results, "ceiling", what="engine.encode_images on a ready uint8 batch (CPU) of max_batch",
-                   batch=self.max_batch) as e:
+        with entry(
+            self.results,
+            "ceiling",
+            what="engine.encode_images on a ready uint8 batch (CPU) of max_batch",
+            batch=self.max_batch,
+        ) as e:
             size = self.engine.config.vision.image_size
             batch = torch.randint(0, 256, (self.max_batch, 3, size, size), dtype=torch.uint8)
-            timings = time_calls(lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations,
-                                 warmup=3)
+            timings = time_calls(
+                lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations, warmup=3
+            )
             self.ceiling = images_per_s(self.max_batch, timings)
             self.record_rate(e, self.ceiling, batch_ms=milliseconds(timings))
 
@@ -230,35 +280,54 @@ class EngineBench:
         self.record_rate(e, figures.pop("images_per_s"), **figures)
 
     async def measure_cpu_decode(self) -> None:
-        with entry(self.results, "jpeg_cpu", what=f"(a) service.classify on JPEG bytes: decoded on its "
-                                                  f"{self.threads} decode threads, then batcher, model, results") as e:
+        with entry(
+            self.results,
+            "jpeg_cpu",
+            what=f"(a) service.classify on JPEG bytes: decoded on its "
+            f"{self.threads} decode threads, then batcher, model, results",
+        ) as e:
             await self.measure_requests(e, self.jpegs, "jpeg")
 
     async def measure_predecoded(self) -> None:
-        with entry(self.results, "predecoded", what="(b) service.classify_pixels on uint8 pixels already at the "
-                                                    "input size: the batcher and the model alone") as e:
+        with entry(
+            self.results,
+            "predecoded",
+            what="(b) service.classify_pixels on uint8 pixels already at the "
+            "input size: the batcher and the model alone",
+        ) as e:
             pixels = [self.engine.decode_image(data) for data in self.jpegs]
             await self.measure_requests(e, pixels, "pixels")
 
     async def measure_gpu_decode(self) -> None:
-        with entry(self.results, "jpeg_gpu", what="(d) JPEG decoded and resized on the device "
-                                                  "(torchvision.io.decode_jpeg), then as (a)",
-                   decode_device=str(self.engine.device),
-                   differs_from_cpu_path="decodes at full size, then resizes (PIL decodes a JPEG at a reduced DCT "
-                                         "scale first: 640x480 -> 320x240); no EXIF orientation or colour-mode "
-                                         "handling; torch's antialiased bicubic follows PIL's filter but rounds "
-                                         "differently") as e:
+        with entry(
+            self.results,
+            "jpeg_gpu",
+            what="(d) JPEG decoded and resized on the device (torchvision.io.decode_jpeg), then as (a)",
+            decode_device=str(self.engine.device),
+            differs_from_cpu_path="decodes at full size, then resizes (PIL decodes a JPEG at a reduced DCT "
+            "scale first: 640x480 -> 320x240); no EXIF orientation or colour-mode "
+            "handling; torch's antialiased bicubic follows PIL's filter but rounds "
+            "differently",
+        ) as e:
             self.plan.budget.require(self.plan.need_s, e.key)
             decode = torchvision_decoder(self.engine)
             on_device, on_cpu = decode(self.jpegs[0]), self.engine.decode_image(self.jpegs[0])
             difference = (on_device.cpu().int() - on_cpu.int()).abs().float()
-            e.record(pixels_vs_cpu_path={"mean_abs": round(difference.mean().item(), 3),
-                                         "max_abs": int(difference.max().item())})
+            e.record(
+                pixels_vs_cpu_path={
+                    "mean_abs": round(difference.mean().item(), 3),
+                    "max_abs": int(difference.max().item()),
+                }
+            )
             await self.measure_requests(e, self.jpegs, "pixels", decode)
 
     def measure_decode_only(self) -> None:
-        with entry(self.results, "decode_only", what="engine.decode_image alone on the decode threads, no model",
-                   threads=self.threads) as e:
+        with entry(
+            self.results,
+            "decode_only",
+            what="engine.decode_image alone on the decode threads, no model",
+            threads=self.threads,
+        ) as e:
             self.plan.budget.require(self.plan.need_s, "decode_only")
             payloads = self.requests(self.jpegs, self.plan.requests)
             decode_only(self.decoders, self.engine.decode_image, payloads[: self.plan.warmup_requests])
@@ -303,8 +372,13 @@ def main() -> int:
     log(f"engine: {setting.device}, {'dry run' if setting.dry_run else 'real run'}")
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as directory:
         checkpoint = random_checkpoint(Path(directory), setting.shape)
-        settings = Settings(checkpoint=checkpoint, device=setting.device, max_batch=engine_max_batch(setting),
-                            decode_threads=os.cpu_count() or 1, max_queue=16 * engine_max_batch(setting))
+        settings = Settings(
+            checkpoint=checkpoint,
+            device=setting.device,
+            max_batch=engine_max_batch(setting),
+            decode_threads=os.cpu_count() or 1,
+            max_queue=16 * engine_max_batch(setting),
+        )
         asyncio.run(measure(setting, results, plan, settings))
     log(f"engine: done, {plan.budget.seconds - plan.budget.left():.1f} s since start")
     return exit_status(results)

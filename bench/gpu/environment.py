@@ -3,6 +3,7 @@ the CPU, and which of the peers (transformers, timm, torchvision) and the server
 
     python3 bench/gpu/environment.py --result env.json [--dry-run]
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,11 +12,26 @@ import platform
 import subprocess
 
 import torch
-
 from common import Results, step_arguments
 
-PACKAGES = ("transformers", "timm", "torchvision", "fastapi", "uvicorn", "pydantic", "pydantic_settings",
-            "multipart", "fastapi_offline", "httpx", "uvloop", "httptools", "PIL", "numpy", "tokenizers", "safetensors")
+PACKAGES = (
+    "transformers",
+    "timm",
+    "torchvision",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "pydantic_settings",
+    "multipart",
+    "fastapi_offline",
+    "httpx",
+    "uvloop",
+    "httptools",
+    "PIL",
+    "numpy",
+    "tokenizers",
+    "safetensors",
+)
 
 
 def importable(name: str) -> str:
@@ -38,8 +54,15 @@ def cpu_model() -> str:
 
 def driver_version() -> str | None:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -53,10 +76,13 @@ def main() -> None:
     results["cuda_available"] = torch.cuda.is_available()
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
-        results["gpu"] = {"name": properties.name, "memory_gib": round(properties.total_memory / 2**30, 1),
-                          "multiprocessors": properties.multi_processor_count,
-                          "capability": f"{properties.major}.{properties.minor}",
-                          "bf16": torch.cuda.is_bf16_supported()}
+        results["gpu"] = {
+            "name": properties.name,
+            "memory_gib": round(properties.total_memory / 2**30, 1),
+            "multiprocessors": properties.multi_processor_count,
+            "capability": f"{properties.major}.{properties.minor}",
+            "bf16": torch.cuda.is_bf16_supported(),
+        }
         results["cuda"] = torch.version.cuda
         results["cudnn"] = torch.backends.cudnn.version()
         results["driver"] = driver_version()

@@ -11,6 +11,7 @@ own ceiling: GET /healthz at the top concurrency, spread over the client process
 Not named http.py: a step's folder comes first on sys.path, and a file called http.py there would
 stand in for the standard library's http package (which torch and httpx import) in every step.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import httpx
 
-import common
 from bench.load import Load, Target, classify_target, client_pool, get_target, sample_jpeg, start_load
 from tests.app.server import Server
 
@@ -30,10 +31,10 @@ from tests.app.server import Server
 @dataclass(frozen=True)
 class Plan:
     concurrencies: tuple[int, ...]
-    images: tuple[int, ...]      # per request
-    duration: float              # seconds measured per cell
-    warmup: float                # seconds of load before each window
-    processes: int               # client processes, at most
+    images: tuple[int, ...]  # per request
+    duration: float  # seconds measured per cell
+    warmup: float  # seconds of load before each window
+    processes: int  # client processes, at most
 
 
 REAL = Plan(concurrencies=(1, 16, 64), images=(1, 8), duration=2.5, warmup=0.75, processes=4)
@@ -44,8 +45,9 @@ LOG_TAIL = 4000  # characters of the server's output kept on failure
 
 def server_settings(plan: Plan, device: str) -> dict:
     """CLIP_* settings: room for every image in flight; warnings only (the output is a pipe read at the end)."""
-    return dict(device=device, dtype="auto", max_queue=2 * max(plan.concurrencies) * max(plan.images),
-                log_level="warning")
+    return dict(
+        device=device, dtype="auto", max_queue=2 * max(plan.concurrencies) * max(plan.images), log_level="warning"
+    )
 
 
 def batch_counters(url: str) -> tuple[float, float]:
@@ -55,6 +57,7 @@ def batch_counters(url: str) -> tuple[float, float]:
     def value(name: str) -> float:
         match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
+
     return value("clip_batch_size_sum"), value("clip_batch_size_count")
 
 
@@ -64,8 +67,9 @@ def sleep_until(moment: float) -> None:
 
 def probe(target: Target, labels: list[str]) -> None:
     """One request before the load: it must answer 200 with a result per image (and caches the labels)."""
-    response = httpx.request(target.method, target.url, content=target.content, headers=dict(target.headers),
-                             timeout=120)
+    response = httpx.request(
+        target.method, target.url, content=target.content, headers=dict(target.headers), timeout=120
+    )
     if response.status_code != 200:
         raise RuntimeError(f"probe {target.url} answered {response.status_code}: {response.text[:500]}")
     results = response.json()["results"]
@@ -75,8 +79,9 @@ def probe(target: Target, labels: list[str]) -> None:
 
 def run_cell(pool, url: str, target: Target, concurrency: int, plan: Plan) -> dict:
     """One closed-loop run, with the server's batch counters read at the window's start and end."""
-    load: Load = start_load(pool, target, concurrency, plan.duration, plan.warmup,
-                            processes=min(concurrency, plan.processes))
+    load: Load = start_load(
+        pool, target, concurrency, plan.duration, plan.warmup, processes=min(concurrency, plan.processes)
+    )
     sleep_until(load.start)
     sum_before, count_before = batch_counters(url)
     sleep_until(load.end)
@@ -90,9 +95,11 @@ def run_cell(pool, url: str, target: Target, concurrency: int, plan: Plan) -> di
 def describe(cell: dict) -> str:
     latency = f"p50 {cell['p50_ms']:.1f} ms p99 {cell['p99_ms']:.1f} ms" if cell["requests"] else "no 200s"
     batch = f", mean batch {cell['mean_batch']:.1f}" if cell.get("mean_batch") else ""
-    return (f"{cell['path']} c={cell['concurrency']} x{cell['images_per_request']}: "
-            f"{cell['requests_per_s']:.1f} req/s {cell['images_per_s']:.1f} img/s {latency}, "
-            f"{cell['errors']} errors{batch}, client cpu {cell['client_cpu']:.2f}")
+    return (
+        f"{cell['path']} c={cell['concurrency']} x{cell['images_per_request']}: "
+        f"{cell['requests_per_s']:.1f} req/s {cell['images_per_s']:.1f} img/s {latency}, "
+        f"{cell['errors']} errors{batch}, client cpu {cell['client_cpu']:.2f}"
+    )
 
 
 def measure_all(pool, server: Server, plan: Plan, results: common.Results) -> None:
@@ -109,16 +116,21 @@ def measure_all(pool, server: Server, plan: Plan, results: common.Results) -> No
     ceiling = []
     top = max(plan.concurrencies)
     for processes in sorted({plan.processes, 1}, reverse=True):
-        ceiling.append(start_load(pool, get_target(server.url, "/healthz"), top, plan.duration, plan.warmup,
-                                  processes=processes).result())
+        ceiling.append(
+            start_load(
+                pool, get_target(server.url, "/healthz"), top, plan.duration, plan.warmup, processes=processes
+            ).result()
+        )
         results["client_ceiling"] = ceiling
         common.log(f"ceiling ({processes} client processes): {describe(ceiling[-1])}")
 
 
 def stop_on_sigterm() -> None:
     """A step stopped at its cap with SIGTERM still runs its finally blocks (and stops the server)."""
+
     def stop(signum, frame):
         raise SystemExit(f"stopped by signal {signum}")
+
     signal.signal(signal.SIGTERM, stop)
 
 
@@ -129,9 +141,16 @@ def main() -> None:
     results = common.Results(args.result)
     setting = common.setting(args.dry_run)
     settings = server_settings(plan, setting.device)
-    results["setting"] = {"device": setting.device, "dry_run": args.dry_run, "server": settings,
-                          "image": f"{IMAGE_SIZE}x{IMAGE_SIZE} JPEG", "labels": len(common.LABELS),
-                          "duration_s": plan.duration, "warmup_s": plan.warmup, "client_processes": plan.processes}
+    results["setting"] = {
+        "device": setting.device,
+        "dry_run": args.dry_run,
+        "server": settings,
+        "image": f"{IMAGE_SIZE}x{IMAGE_SIZE} JPEG",
+        "labels": len(common.LABELS),
+        "duration_s": plan.duration,
+        "warmup_s": plan.warmup,
+        "client_processes": plan.processes,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-http-") as directory:
         checkpoint = common.random_checkpoint(Path(directory), setting.shape)
         common.log(f"checkpoint written; starting clip-serve on {setting.device}")
@@ -152,6 +171,7 @@ def main() -> None:
             output = server.finish()
             if failed:
                 results["server_log_tail"] = output[-LOG_TAIL:]
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 reason instead of ending the step, a time budget, batch sizes scaled down for the dry run, the
 service's defaults, images/s and peak device memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -9,11 +10,11 @@ import platform
 import statistics
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-
 from common import Results, Setting, log
 
 STARTED = time.perf_counter()  # about when the step started: imported before the step builds anything
@@ -43,7 +44,7 @@ class Entry:
         return "skipped" in self.data or "stopped" in self.data
 
     @contextmanager
-    def guarded(self) -> Iterator["Entry"]:
+    def guarded(self) -> Iterator[Entry]:
         """Runs the block; a failure or a Skip becomes this entry's reason and the step goes on.
         ``skipped`` when nothing was measured yet, ``stopped`` when some figures are already in."""
         try:
@@ -89,8 +90,10 @@ class Budget:
     def require(self, seconds: float, what: str) -> None:
         """Skip ``what`` rather than start it when less than ``seconds`` are left."""
         if self.left() < seconds:
-            raise Skip(f"not started: {what} needs about {seconds:.0f} s and {max(0.0, self.left()):.0f} s "
-                       f"of the step's {self.seconds:.0f} s budget are left")
+            raise Skip(
+                f"not started: {what} needs about {seconds:.0f} s and {max(0.0, self.left()):.0f} s "
+                f"of the step's {self.seconds:.0f} s budget are left"
+            )
 
 
 def quiet_threads(setting: Setting) -> None:
@@ -108,6 +111,7 @@ def scaled_batch(setting: Setting, batch: int) -> int:
 def service_default(name: str) -> Any:
     """A default of app/settings.py (max_batch, batch_wait_ms, ...), so the steps follow the service."""
     from app.settings import Settings
+
     return Settings.model_fields[name].default
 
 
@@ -141,7 +145,7 @@ class PeakMemory:
         self.cuda = setting.cuda
         self.resident = self.peak = 0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -156,17 +160,25 @@ class PeakMemory:
     def figures(self) -> dict[str, float]:
         if not self.cuda:
             return {}
-        mib = 2 ** 20
-        return {"peak_memory_mib": round(self.peak / mib, 1),
-                "peak_above_resident_mib": round((self.peak - self.resident) / mib, 1)}
+        mib = 2**20
+        return {
+            "peak_memory_mib": round(self.peak / mib, 1),
+            "peak_above_resident_mib": round((self.peak - self.resident) / mib, 1),
+        }
 
 
 def describe_host(setting: Setting) -> dict[str, Any]:
     """Where the figures come from: the device, the library versions, the CPU count."""
-    described = {"device": setting.device, "dry_run": setting.dry_run, "torch": torch.__version__,
-                 "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                 "torch_threads": torch.get_num_threads()}
+    described = {
+        "device": setting.device,
+        "dry_run": setting.dry_run,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if setting.cuda:
-        described.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                         bf16_supported=torch.cuda.is_bf16_supported())
+        described.update(
+            gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, bf16_supported=torch.cuda.is_bf16_supported()
+        )
     return described

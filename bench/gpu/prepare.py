@@ -15,6 +15,7 @@ carries at most 64 MiB: the working tree's tracked and untracked-not-ignored fil
 and prints the call's size. The bundled weights (model/weights/emoji-clip/model.safetensors,
 55.7 MiB) must stay behind: untrack them for the call (the commands are printed) and restore after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,27 @@ import sys
 from pathlib import Path
 
 from common import CARRY, ROOT
+
 SEED = ROOT.parent / "shared" / "seed" / "seed_clip.py"
 WEIGHTS = "model/weights/emoji-clip/model.safetensors"
 LIMIT_BYTES = 64 * 2**20
 # What the server needs that the GPU host's image lacks (device tool KINDS.md, "Python packages
 # already there"): fastapi and its chain; typing-extensions because pydantic needs a newer one.
-SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic-core", "pydantic-settings", "python-dotenv",
-                   "python-multipart", "fastapi-offline", "annotated-types", "typing-inspection", "typing-extensions",
-                   "opentelemetry-api")
+SERVER_PACKAGES = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "pydantic-core",
+    "pydantic-settings",
+    "python-dotenv",
+    "python-multipart",
+    "fastapi-offline",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "opentelemetry-api",
+)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -41,16 +55,44 @@ def download_wheels(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     platforms = [argument for platform in PLATFORMS for argument in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", *platforms,
-                    "-d", str(directory), *pins], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(directory),
+            *pins,
+        ],
+        check=True,
+    )
 
 
 def tree_bytes(exclude: set[str]) -> int:
     """What a call sends besides `carry`: tracked files and untracked files git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    return sum((ROOT / name).stat().st_size for name in listed if name and name not in exclude and (ROOT / name).is_file())
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    return sum(
+        (ROOT / name).stat().st_size for name in listed if name and name not in exclude and (ROOT / name).is_file()
+    )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -72,17 +114,25 @@ def main() -> int:
     elif not (CARRY / "bundle.npz").is_file():
         print("note: no bundle carried (--bundle): the training step will fail on the GPU host", file=sys.stderr)
     tree, carry = tree_bytes({WEIGHTS}), folder_bytes(CARRY)
-    for name, size in (("working tree without the bundled weights", tree), ("wheels", folder_bytes(CARRY / "wheels")),
-                       ("seed", folder_bytes(CARRY / "seed")),
-                       ("bundle", (CARRY / "bundle.npz").stat().st_size if (CARRY / "bundle.npz").is_file() else 0)):
+    for name, size in (
+        ("working tree without the bundled weights", tree),
+        ("wheels", folder_bytes(CARRY / "wheels")),
+        ("seed", folder_bytes(CARRY / "seed")),
+        ("bundle", (CARRY / "bundle.npz").stat().st_size if (CARRY / "bundle.npz").is_file() else 0),
+    ):
         print(f"{name:42s} {size / 2**20:6.1f} MiB")
     total = tree + carry
     print(f"{'the call in all':42s} {total / 2**20:6.1f} MiB of {LIMIT_BYTES / 2**20:.0f}")
-    print(f"\nbefore the call:  git rm -q --cached {WEIGHTS} && echo /{WEIGHTS} >> .git/info/exclude\n"
-          f"the call:         bench/gpu.sh \"$OUT\"   (carry: .carry)\n"
-          f"after the call:   git reset -q {WEIGHTS} && sed -i '\\#^/{WEIGHTS}$#d' .git/info/exclude")
+    print(
+        f"\nbefore the call:  git rm -q --cached {WEIGHTS} && echo /{WEIGHTS} >> .git/info/exclude\n"
+        f'the call:         bench/gpu.sh "$OUT"   (carry: .carry)\n'
+        f"after the call:   git reset -q {WEIGHTS} && sed -i '\\#^/{WEIGHTS}$#d' .git/info/exclude"
+    )
     if total > LIMIT_BYTES:
-        print(f"error: the call would carry {total / 2**20:.1f} MiB, over the {LIMIT_BYTES / 2**20:.0f} MiB limit", file=sys.stderr)
+        print(
+            f"error: the call would carry {total / 2**20:.1f} MiB, over the {LIMIT_BYTES / 2**20:.0f} MiB limit",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

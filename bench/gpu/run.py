@@ -11,6 +11,7 @@ line every step printed; the training step's outputs (trained-*.pt, trained.json
 history.json) are copied into OUT_DIR for `clip-train assemble` on the CPU host. At most 8
 files come back from a lent GPU host, so nothing else is written there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ DRY_RUN_CAP = 300  # each step's cap in a dry run: it proves the code runs, not 
 @dataclass
 class Step:
     name: str
-    cap: float            # seconds on the GPU host
+    cap: float  # seconds on the GPU host
     script: str | None = None
     what: str = ""
 
@@ -58,8 +59,8 @@ class Context:
     out: Path
     scratch: Path
     dry_run: bool
-    log: "Log"
-    caps: dict[str, float] = field(default_factory=dict)   # --cap overrides
+    log: Log
+    caps: dict[str, float] = field(default_factory=dict)  # --cap overrides
     results: dict = field(default_factory=dict)
 
 
@@ -83,9 +84,19 @@ def run_capped(command: list[str], cap: float, log: Log, env: dict | None = None
     """Run ``command`` in its own process group, its output into the log. At the cap the group gets
     SIGTERM (a step's cleanup runs: the HTTP step stops its server), then SIGKILL after a grace.
     Returns (status, exit code): ok, failed, or timed out."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", start_new_session=True, env={**os.environ, **(env or {})})
-    reader = threading.Thread(target=lambda: [log.line("    " + line.rstrip("\n")) for line in process.stdout], daemon=True)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    reader = threading.Thread(
+        target=lambda: [log.line("    " + line.rstrip("\n")) for line in process.stdout], daemon=True
+    )
     reader.start()
     try:
         code = process.wait(timeout=cap)
@@ -109,8 +120,18 @@ def step_cap(step: Step, context: Context) -> float:
 def step_command(step: Step, context: Context, result: Path) -> tuple[list[str], dict]:
     """The step's command line and extra environment."""
     if step.script is None:  # the CUDA tests
-        command = [sys.executable, "-m", "pytest", "-m", "cuda", *CUDA_TEST_PATHS, "-q", "-p", "no:cacheprovider",
-                   f"--junitxml={result.with_suffix('.xml')}"]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "cuda",
+            *CUDA_TEST_PATHS,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={result.with_suffix('.xml')}",
+        ]
         # cpu: the same tests on the CPU stand-in; cuda: fail, never skip, where CUDA is missing
         return command, {"CLIP_TEST_CUDA_DEVICE": "cpu" if context.dry_run else "cuda"}
     cap = step_cap(step, context)
@@ -130,7 +151,9 @@ def junit_figures(path: Path) -> dict:
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
         if problem is not None:
             counts["failed"] += 1
-            failures.append(f"{name}: {(problem.get('message') or '').splitlines()[0][:300] if problem.get('message') else ''}")
+            failures.append(
+                f"{name}: {(problem.get('message') or '').splitlines()[0][:300] if problem.get('message') else ''}"
+            )
         elif case.find("skipped") is not None:
             counts["skipped"] += 1
             skipped.append(f"{name}: {case.find('skipped').get('message', '')[:200]}")
@@ -158,10 +181,18 @@ def run_step(step: Step, context: Context) -> dict:
     context.log.event(f"{step.name}: start (cap {cap:g} s): {step.what}")
     started = time.perf_counter()
     status, code = run_capped(command, cap, context.log, env)
-    record = {"status": status, "exit_code": code, "seconds": round(time.perf_counter() - started, 1), "cap_seconds": cap}
+    record = {
+        "status": status,
+        "exit_code": code,
+        "seconds": round(time.perf_counter() - started, 1),
+        "cap_seconds": cap,
+    }
     try:  # what the step left, even when it was cut short; a torn file is reported, not fatal
-        record["figures"] = junit_figures(result.with_suffix(".xml")) if step.script is None else \
-            (json.loads(result.read_text()) if result.is_file() else {})
+        record["figures"] = (
+            junit_figures(result.with_suffix(".xml"))
+            if step.script is None
+            else (json.loads(result.read_text()) if result.is_file() else {})
+        )
         if step.name == "training":
             record["returned_files"] = collect_training_outputs(context)
     except (OSError, ValueError, KeyError, ElementTree.ParseError) as error:
@@ -173,6 +204,7 @@ def run_step(step: Step, context: Context) -> dict:
 def write_outputs(context: Context) -> None:
     (context.out / "results.json").write_text(json.dumps(context.results, indent=2, default=str) + "\n")
     from summary import render  # noqa: E402  (bench/gpu/summary.py, beside this file)
+
     (context.out / "summary.md").write_text(render(context.results))
 
 
@@ -189,14 +221,29 @@ def main() -> int:
     parser.add_argument("out", type=Path, help="folder for results.json, summary.md, log.txt and the training outputs")
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU with tiny sizes and short caps")
     parser.add_argument("--only", nargs="+", choices=[step.name for step in STEPS], help="run these steps only")
-    parser.add_argument("--cap", action="append", default=[], metavar="STEP=SECONDS", type=cap_override,
-                        help="another cap for a step, e.g. --cap training=120 (repeatable)")
+    parser.add_argument(
+        "--cap",
+        action="append",
+        default=[],
+        metavar="STEP=SECONDS",
+        type=cap_override,
+        help="another cap for a step, e.g. --cap training=120 (repeatable)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    context = Context(args.out, Path(tempfile.mkdtemp(prefix="clip-gpu-")), args.dry_run, Log(args.out / "log.txt"),
-                      caps=dict(args.cap))
-    context.results = {"command": "bench/gpu.sh " + " ".join(sys.argv[1:]), "dry_run": args.dry_run,
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": {}}
+    context = Context(
+        args.out,
+        Path(tempfile.mkdtemp(prefix="clip-gpu-")),
+        args.dry_run,
+        Log(args.out / "log.txt"),
+        caps=dict(args.cap),
+    )
+    context.results = {
+        "command": "bench/gpu.sh " + " ".join(sys.argv[1:]),
+        "dry_run": args.dry_run,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "steps": {},
+    }
     started = time.perf_counter()
     for step in STEPS:
         if args.only and step.name not in args.only:

@@ -1,4 +1,5 @@
 """summary.md from results.json: the device, the versions, each step's status and its figures, one page."""
+
 from __future__ import annotations
 
 import json
@@ -38,20 +39,36 @@ def device_line(results: dict) -> str:
     if not environment:  # a run with --only: the steps' own host records say where they ran
         hosts = [record.get("figures", {}).get("host", {}) for record in steps.values()]
         host = next((host for host in hosts if host), {})
-        return (f"- device: {host.get('gpu', 'no GPU')}, CUDA {host.get('cuda', '-')} (the environment step did not run)\n"
-                f"- Python {host.get('python', '?')}, torch {host.get('torch', '?')}, {host.get('cpu_count', '?')} CPU cores")
+        return (
+            f"- device: {host.get('gpu', 'no GPU')}, CUDA {host.get('cuda', '-')} (the environment step did not run)\n"
+            f"- Python {host.get('python', '?')}, torch {host.get('torch', '?')}, {host.get('cpu_count', '?')} CPU cores"
+        )
     gpu = environment.get("gpu")
-    where = (f"{gpu['name']} ({gpu['memory_gib']} GiB), driver {environment.get('driver')}, CUDA {environment.get('cuda')}, "
-             f"cuDNN {environment.get('cudnn')}") if gpu else f"no GPU: {environment.get('cpu', {}).get('model', '?')} CPU"
-    return (f"- device: {where}\n- Python {environment.get('python', '?')}, torch {environment.get('torch', '?')}, "
-            f"{environment.get('cpu', {}).get('cores', '?')} CPU cores")
+    where = (
+        (
+            f"{gpu['name']} ({gpu['memory_gib']} GiB), driver {environment.get('driver')}, CUDA {environment.get('cuda')}, "
+            f"cuDNN {environment.get('cudnn')}"
+        )
+        if gpu
+        else f"no GPU: {environment.get('cpu', {}).get('model', '?')} CPU"
+    )
+    return (
+        f"- device: {where}\n- Python {environment.get('python', '?')}, torch {environment.get('torch', '?')}, "
+        f"{environment.get('cpu', {}).get('cores', '?')} CPU cores"
+    )
 
 
 def render(results: dict) -> str:
-    lines = [f"# GPU command: {'dry run' if results.get('dry_run') else 'results'}", "",
-             f"- command: `{results.get('command')}`, started {results.get('started')}, "
-             f"{results.get('total_seconds', '?')} s in all", device_line(results), "",
-             "| step | status | seconds | cap |", "| --- | --- | ---: | ---: |"]
+    lines = [
+        f"# GPU command: {'dry run' if results.get('dry_run') else 'results'}",
+        "",
+        f"- command: `{results.get('command')}`, started {results.get('started')}, "
+        f"{results.get('total_seconds', '?')} s in all",
+        device_line(results),
+        "",
+        "| step | status | seconds | cap |",
+        "| --- | --- | ---: | ---: |",
+    ]
     steps = results.get("steps", {})
     for name, record in steps.items():
         lines.append(f"| {name} | {record['status']} | {record['seconds']} | {record['cap_seconds']} |")

@@ -26,44 +26,74 @@ Its compiles use backend="eager": dynamo still captures each model (graph breaks
 errors show) but inductor's C++ codegen is left out: it takes about a minute on a CPU even for the
 tiny model, and CUDA graphs need CUDA anyway.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
-from common import Results, Setting, import_seed, log, setting as step_setting, step_arguments, time_calls
-from measuring import (exit_status, Budget, Entry, PeakMemory, Skip, describe_host, entry, images_per_s, milliseconds,
-                       quiet_threads, ratio, scaled_batch, service_default)
+from common import Results, Setting, import_seed, log, step_arguments, time_calls
+from common import setting as step_setting
+from measuring import (
+    Budget,
+    Entry,
+    PeakMemory,
+    Skip,
+    describe_host,
+    entry,
+    exit_status,
+    images_per_s,
+    milliseconds,
+    quiet_threads,
+    ratio,
+    scaled_batch,
+    service_default,
+)
 
 from model.config import VisionConfig
 from model.vision import ViT
 
 PEERS = ("seed", "transformers", "timm")  # the implementations ours is compared with
 HEADLINE = ("images_per_s", "ratio_to_best_peer", "best_peer", "ceiling_at_engine_max_batch")
-LARGE, SMALL = 256, 1                     # nominal batch sizes (the dry run scales them down)
+LARGE, SMALL = 256, 1  # nominal batch sizes (the dry run scales them down)
 
 
 @dataclass
 class Plan:
     """How much to measure: iterations per timed call, rounds of interleaving, the time budget."""
+
     dtype: torch.dtype
-    iterations: dict[int, int]    # nominal batch -> timed calls per round
-    warmup: int                   # untimed calls before a contender's first round
-    rounds: int                   # interleaved rounds where models are compared
+    iterations: dict[int, int]  # nominal batch -> timed calls per round
+    warmup: int  # untimed calls before a contender's first round
+    rounds: int  # interleaved rounds where models are compared
     budget: Budget
-    eager_need_s: float           # seconds an eager entry needs to be started
-    compile_need_s: float         # ... and a compiled one, until a compile has been timed
+    eager_need_s: float  # seconds an eager entry needs to be started
+    compile_need_s: float  # ... and a compiled one, until a compile has been timed
 
 
 def make_plan(setting: Setting, budget_seconds: float | None = None) -> Plan:
     if setting.dry_run:  # the budget never skips anything here: the dry run is there to run every path
-        return Plan(torch.bfloat16, {1: 3, 32: 3, 256: 3}, warmup=1, rounds=2, budget=Budget(600),
-                    eager_need_s=0, compile_need_s=0)
-    return Plan(torch.bfloat16, {1: 50, 32: 20, 256: 8}, warmup=3, rounds=2, budget=Budget(budget_seconds or 90),
-                eager_need_s=4, compile_need_s=20)
+        return Plan(
+            torch.bfloat16,
+            {1: 3, 32: 3, 256: 3},
+            warmup=1,
+            rounds=2,
+            budget=Budget(600),
+            eager_need_s=0,
+            compile_need_s=0,
+        )
+    return Plan(
+        torch.bfloat16,
+        {1: 50, 32: 20, 256: 8},
+        warmup=3,
+        rounds=2,
+        budget=Budget(budget_seconds or 90),
+        eager_need_s=4,
+        compile_need_s=20,
+    )
 
 
 def compile_options(setting: Setting, mode: str | None = None) -> dict[str, Any]:
@@ -75,6 +105,7 @@ def compile_options(setting: Setting, mode: str | None = None) -> dict[str, Any]
 
 def graph_breaks() -> int:
     from torch._dynamo.utils import counters  # dynamo's own tally; private, so read defensively
+
     return sum(counters.get("graph_break", {}).values())
 
 
@@ -85,9 +116,18 @@ def build_ours_and_seed(setting: Setting) -> tuple[ViT, torch.nn.Module]:
     torch.manual_seed(0)
     with torch.device(setting.device):
         ours = ViT(config).eval()
-        seed = import_seed().ViT(image_size=config.image_size, patch_size=config.patch_size, embed_dim=config.width,
-                                 num_heads=config.num_heads, num_layers=config.num_layers,
-                                 mlp_hidden_dim=config.mlp_dim).eval()
+        seed = (
+            import_seed()
+            .ViT(
+                image_size=config.image_size,
+                patch_size=config.patch_size,
+                embed_dim=config.width,
+                num_heads=config.num_heads,
+                num_layers=config.num_layers,
+                mlp_hidden_dim=config.mlp_dim,
+            )
+            .eval()
+        )
     seed.load_state_dict(ours.state_dict(), strict=True)
     return ours, seed
 
@@ -101,10 +141,17 @@ def build_transformers(setting: Setting, dtype: torch.dtype) -> tuple[Callable, 
     """transformers' CLIPVisionModel at our shape (exact GELU, as ours), SDPA attention, random init."""
     import transformers
     from transformers import CLIPVisionConfig, CLIPVisionModel
+
     vision = setting.shape["vision"]
-    config = CLIPVisionConfig(hidden_size=vision["width"], intermediate_size=vision["mlp_dim"],
-                              num_hidden_layers=vision["num_layers"], num_attention_heads=vision["num_heads"],
-                              image_size=vision["image_size"], patch_size=vision["patch_size"], hidden_act="gelu")
+    config = CLIPVisionConfig(
+        hidden_size=vision["width"],
+        intermediate_size=vision["mlp_dim"],
+        num_hidden_layers=vision["num_layers"],
+        num_attention_heads=vision["num_heads"],
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        hidden_act="gelu",
+    )
     model = CLIPVisionModel._from_config(config, attn_implementation="sdpa").to(setting.device, dtype).eval()
     details = {"transformers": transformers.__version__, "attn_implementation": model.config._attn_implementation}
     return (lambda pixels: model(pixel_values=pixels).pooler_output), details
@@ -119,10 +166,17 @@ def build_timm(setting: Setting, dtype: torch.dtype) -> tuple[torch.nn.Module, d
     vision = setting.shape["vision"]
     torch.manual_seed(0)
     with torch.device(setting.device):  # keyword arguments override the variant's (equal for the real shape)
-        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0,
-                                  img_size=vision["image_size"], patch_size=vision["patch_size"],
-                                  embed_dim=vision["width"], depth=vision["num_layers"], num_heads=vision["num_heads"],
-                                  mlp_ratio=vision["mlp_dim"] / vision["width"])
+        model = timm.create_model(
+            "vit_base_patch16_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=vision["image_size"],
+            patch_size=vision["patch_size"],
+            embed_dim=vision["width"],
+            depth=vision["num_layers"],
+            num_heads=vision["num_heads"],
+            mlp_ratio=vision["mlp_dim"] / vision["width"],
+        )
     return model.to(dtype).eval(), {"timm": timm.__version__}
 
 
@@ -151,8 +205,11 @@ class Contender:
             for name, value in memory.figures().items():
                 self.peak[name] = max(value, self.peak.get(name, 0.0))
             spread = milliseconds(self.timings)
-            self.entry.record(images_per_s=images_per_s(self.batch, self.timings),
-                              **{"latency_ms" if self.batch == 1 else "batch_ms": spread}, **self.peak)
+            self.entry.record(
+                images_per_s=images_per_s(self.batch, self.timings),
+                **{"latency_ms" if self.batch == 1 else "batch_ms": spread},
+                **self.peak,
+            )
             log(f"{self.entry.key}: {self.rate:.1f} images/s over {len(self.timings)} calls")
 
 
@@ -175,12 +232,19 @@ class TowerBench:
             generator = torch.Generator().manual_seed(batch)
             size = self.setting.shape["vision"]["image_size"]
             self._pixels[batch] = torch.randn(batch, 3, size, size, generator=generator).to(
-                self.setting.device, self.plan.dtype)
+                self.setting.device, self.plan.dtype
+            )
         return self._pixels[batch]
 
     def new_entry(self, key: str, model: str, nominal_batch: int, **description: Any) -> Entry:
-        return Entry(self.results, key, model=model, batch=self.batch_of(nominal_batch),
-                     dtype=str(self.plan.dtype).removeprefix("torch."), **description)
+        return Entry(
+            self.results,
+            key,
+            model=model,
+            batch=self.batch_of(nominal_batch),
+            dtype=str(self.plan.dtype).removeprefix("torch."),
+            **description,
+        )
 
     def add(self, entry: Entry, model: str, module: Callable, nominal_batch: int) -> Contender:
         pixels = self.pixels(self.batch_of(nominal_batch))
@@ -207,14 +271,21 @@ class TowerBench:
                 figure = ratio(contender.rate, best.rate)
                 if contender.entry.data.get("ratio_to_best_peer") != figure:
                     contender.entry.record(ratio_to_best_peer=figure)
-            self.set_if_changed("ratio_to_best_peer",
-                                {c.entry.key: c.entry.data["ratio_to_best_peer"] for c in measured})
+            self.set_if_changed(
+                "ratio_to_best_peer", {c.entry.key: c.entry.data["ratio_to_best_peer"] for c in measured}
+            )
         ceiling = self.fastest(lambda c: c.model == "ours" and c.nominal_batch == self.engine_batch)
         if ceiling is not None:
-            self.set_if_changed("ceiling_at_engine_max_batch", {
-                "max_batch": ceiling.batch, "images_per_s": ceiling.rate, "entry": ceiling.entry.key,
-                "note": "our fastest image tower (ViT only: no projection, input already normalised) "
-                        "at the engine's max batch"})
+            self.set_if_changed(
+                "ceiling_at_engine_max_batch",
+                {
+                    "max_batch": ceiling.batch,
+                    "images_per_s": ceiling.rate,
+                    "entry": ceiling.entry.key,
+                    "note": "our fastest image tower (ViT only: no projection, input already normalised) "
+                    "at the engine's max batch",
+                },
+            )
 
     def fastest(self, which: Callable[[Contender], bool]) -> Contender | None:
         return max((c for c in self.contenders if which(c) and c.rate), key=lambda c: c.rate, default=None)
@@ -233,10 +304,13 @@ class TowerBench:
         ours, seed = ours.to(plan.dtype), seed.to(plan.dtype)
         with sanity.guarded():
             large_batch = self.batch_of(LARGE)
-            sanity.record(bf16_large_batch={"batch": large_batch,
-                                            **max_difference(ours, seed, self.pixels(large_batch))})
-        large = [self.add(self.new_entry(f"ours_eager_b{LARGE}", "ours", LARGE, compiled=False), "ours", ours, LARGE),
-                 self.add(self.new_entry(f"seed_eager_b{LARGE}", "seed", LARGE, compiled=False), "seed", seed, LARGE)]
+            sanity.record(
+                bf16_large_batch={"batch": large_batch, **max_difference(ours, seed, self.pixels(large_batch))}
+            )
+        large = [
+            self.add(self.new_entry(f"ours_eager_b{LARGE}", "ours", LARGE, compiled=False), "ours", ours, LARGE),
+            self.add(self.new_entry(f"seed_eager_b{LARGE}", "seed", LARGE, compiled=False), "seed", seed, LARGE),
+        ]
         with self.new_entry(f"transformers_sdpa_b{LARGE}", "transformers", LARGE, compiled=False).guarded() as e:
             hf, details = build_transformers(setting, plan.dtype)
             e.record(**details)
@@ -250,15 +324,24 @@ class TowerBench:
                 self.plan.budget.require(self.plan.eager_need_s, "an eager entry")
                 self.measure([self.add(e, "ours", ours, nominal)])
 
-    def compiled(self, key: str, model: str, build: Callable[[], tuple[Callable, dict]], nominal_batch: int,
-                 mode: str | None = None) -> Contender | None:
+    def compiled(
+        self,
+        key: str,
+        model: str,
+        build: Callable[[], tuple[Callable, dict]],
+        nominal_batch: int,
+        mode: str | None = None,
+    ) -> Contender | None:
         """Compile ``build()``'s module, time its first call (the compile), then measure it."""
         options = compile_options(self.setting, mode)
         contender = None
         with self.new_entry(key, model, nominal_batch, compiled=options).guarded() as e:
             # what the slowest compile so far took (and the timing after it), or the plan's guess before one
-            need = max(self.plan.compile_need_s, 1.2 * self.slowest_compile_s + 3) if self.slowest_compile_s \
+            need = (
+                max(self.plan.compile_need_s, 1.2 * self.slowest_compile_s + 3)
+                if self.slowest_compile_s
                 else self.plan.compile_need_s
+            )
             self.plan.budget.require(need, "a torch.compile entry")
             module, details = build()
             e.record(**details)
@@ -278,8 +361,9 @@ class TowerBench:
         self.eager_small_batches(ours)
         as_is = lambda: (ours, {})  # noqa: E731
         mine = self.compiled(f"ours_compiled_b{LARGE}", "ours", as_is, LARGE)
-        theirs = self.compiled(f"timm_compiled_b{LARGE}", "timm", lambda: build_timm(self.setting, self.plan.dtype),
-                               LARGE)
+        theirs = self.compiled(
+            f"timm_compiled_b{LARGE}", "timm", lambda: build_timm(self.setting, self.plan.dtype), LARGE
+        )
         if mine is not None and theirs is not None:
             self.measure([mine, theirs])  # one more round, interleaved, now that both exist
         self.compiled(f"ours_compiled_reduce_overhead_b{SMALL}", "ours", as_is, SMALL, mode="reduce-overhead")

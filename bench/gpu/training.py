@@ -9,6 +9,7 @@ trained-*.pt, trained.json and history.json out of it).
 the real format (the carried one is 25 MiB of real emoji; CI has none), with a budget so short
 that the time-budget path runs too.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import CARRY, ROOT, Results, log, setting, step_arguments
 
 from model.bundle import write_bundle
@@ -35,16 +35,20 @@ def synthetic_bundle(path: Path, recipe: Recipe, images: int = 64, concepts: int
     rng = np.random.default_rng(0)
     size = recipe.vision["image_size"]
     per_image = 2
-    return write_bundle(path, recipe, {
-        "train_images": rng.integers(0, 256, (images, size, size, 4), dtype=np.uint8),
-        "train_concepts": rng.integers(0, concepts, images).astype(np.int32),
-        "caption_offsets": np.arange(0, per_image * images + 1, per_image, dtype=np.int64),
-        "caption_index": rng.integers(0, captions, per_image * images).astype(np.int32),
-        "caption_features": rng.standard_normal((captions, recipe.text_width)).astype(np.float16),
-        "val_images": rng.integers(0, 256, (16, size, size, 4), dtype=np.uint8),
-        "val_concepts": rng.integers(0, concepts, 16).astype(np.int32),
-        "class_features": rng.standard_normal((concepts, recipe.text_width)).astype(np.float16),
-    })
+    return write_bundle(
+        path,
+        recipe,
+        {
+            "train_images": rng.integers(0, 256, (images, size, size, 4), dtype=np.uint8),
+            "train_concepts": rng.integers(0, concepts, images).astype(np.int32),
+            "caption_offsets": np.arange(0, per_image * images + 1, per_image, dtype=np.int64),
+            "caption_index": rng.integers(0, captions, per_image * images).astype(np.int32),
+            "caption_features": rng.standard_normal((captions, recipe.text_width)).astype(np.float16),
+            "val_images": rng.integers(0, 256, (16, size, size, 4), dtype=np.uint8),
+            "val_concepts": rng.integers(0, concepts, 16).astype(np.int32),
+            "class_features": rng.standard_normal((concepts, recipe.text_width)).astype(np.float16),
+        },
+    )
 
 
 def main() -> None:
@@ -57,8 +61,9 @@ def main() -> None:
     results["device"] = setting(args.dry_run).device
     if args.dry_run:
         recipe_changes.update(DRY_RUN_CHANGES)
-        bundle = synthetic_bundle(Path(tempfile.mkdtemp(prefix="gpu-dry-run-")) / "bundle.npz",
-                                  Recipe.from_dict(recipe_changes))
+        bundle = synthetic_bundle(
+            Path(tempfile.mkdtemp(prefix="gpu-dry-run-")) / "bundle.npz", Recipe.from_dict(recipe_changes)
+        )
         results["bundle"] = "synthetic (dry run)"
     else:
         bundle = BUNDLE
@@ -77,7 +82,9 @@ def main() -> None:
     results["epochs"] = history[-1]["epoch"]
     results["images_per_s"] = round(images / train_seconds, 1)
     results["final"] = {key: history[-1][key] for key in ("loss", "train_accuracy", "val_top1")}
-    results["val_top1_by_epoch"] = {entry["epoch"]: entry["val_top1"] for entry in history if entry["val_top1"] is not None}
+    results["val_top1_by_epoch"] = {
+        entry["epoch"]: entry["val_top1"] for entry in history if entry["val_top1"] is not None
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """python -m model.convert {seed,minilm,flava} ...: write this library's checkpoint directory."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sources.add_parser("seed", help="a state_dict saved from the seed's CLIP(...)")
     seed.add_argument("seed_path", help="the .pt file (torch.save(seed_clip.state_dict()))")
     seed.add_argument("out_dir")
-    seed.add_argument("--seed-kwargs", type=_json_object, default={}, help="JSON: the keyword arguments given to the seed's CLIP(...)")
+    seed.add_argument(
+        "--seed-kwargs", type=_json_object, default={}, help="JSON: the keyword arguments given to the seed's CLIP(...)"
+    )
     seed.add_argument("--vocab", required=True, help="WordPiece vocab.txt with text vocab_size tokens")
 
     minilm = sources.add_parser("minilm", help="all-MiniLM-L6-v2 text tower + a fresh vision tower")
@@ -46,12 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.source == "seed":
             from .seed import convert
+
             out = convert(args.seed_path, args.out_dir, args.seed_kwargs, args.vocab)
         elif args.source == "flava":
             from .flava import convert
+
             out = convert(args.source_dir, args.out_dir)
         else:
             from .minilm import DEFAULT_VISION, convert
+
             vision = VisionConfig(**{**DEFAULT_VISION.__dict__, **args.vision_config}) if args.vision_config else None
             out = convert(args.out_dir, vision=vision, embed_dim=args.embed_dim, source_dir=args.source_dir)
     except (ModelError, TypeError) as error:

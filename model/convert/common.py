@@ -1,8 +1,9 @@
 """Pieces every converter shares: fusing q/k/v, mapping BERT-style layers, writing the result."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -36,8 +37,14 @@ def load_torch_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor
     return dict(state_dict)
 
 
-def build_checkpoint(config: CLIPConfig, state_dict: dict[str, torch.Tensor], vocab_path: str | Path,
-                     out_dir: str | Path, source: str, dtype: torch.dtype | None = None) -> Path:
+def build_checkpoint(
+    config: CLIPConfig,
+    state_dict: dict[str, torch.Tensor],
+    vocab_path: str | Path,
+    out_dir: str | Path,
+    source: str,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Check the mapped weights against the config, load them strictly, and save the directory."""
     tokenizer = Tokenizer(vocab_path, config.text.context_length, config.text.vocab_size)
     with torch.device("meta"):
@@ -53,7 +60,10 @@ def text_embeddings_from_bert(weights: Mapping[str, torch.Tensor], source: str) 
     One sentence is always token type 0, so that row of the token-type table folds exactly
     into the learned position table.
     """
-    positions = take(weights, f"{source}.position_embeddings.weight") + take(weights, f"{source}.token_type_embeddings.weight")[0]
+    positions = (
+        take(weights, f"{source}.position_embeddings.weight")
+        + take(weights, f"{source}.token_type_embeddings.weight")[0]
+    )
     return {
         "text_encoder.embeddings.weight": take(weights, f"{source}.word_embeddings.weight"),
         "text_encoder.positional_encoding.pe": positions.unsqueeze(0),
@@ -62,9 +72,15 @@ def text_embeddings_from_bert(weights: Mapping[str, torch.Tensor], source: str) 
     }
 
 
-def encoder_layer_from_bert(weights: Mapping[str, torch.Tensor], source: str, target: str,
-                            attention_norm: str, output_norm: str, attention: str = "attention.self",
-                            attention_output: str = "attention.output.dense") -> dict[str, torch.Tensor]:
+def encoder_layer_from_bert(
+    weights: Mapping[str, torch.Tensor],
+    source: str,
+    target: str,
+    attention_norm: str,
+    output_norm: str,
+    attention: str = "attention.self",
+    attention_output: str = "attention.output.dense",
+) -> dict[str, torch.Tensor]:
     """Map one BERT-style layer (``source`` prefix) onto an ``nn.TransformerEncoderLayer`` (``target``).
 
     ``attention_norm``/``output_norm`` name the two LayerNorms relative to ``source``: BERT's
@@ -78,7 +94,7 @@ def encoder_layer_from_bert(weights: Mapping[str, torch.Tensor], source: str, ta
         f"{target}.self_attn.in_proj_bias": fuse_qkv(weights, *qkv, "bias"),
     }
     renames = {
-        f"self_attn.out_proj": f"{attention_output}",
+        "self_attn.out_proj": f"{attention_output}",
         "norm1": attention_norm,
         "linear1": "intermediate.dense",
         "linear2": "output.dense",

@@ -13,6 +13,7 @@ Checked against transformers' ``models/flava/modeling_flava.py``:
     ``exp(logit_scale)`` times the cosine, ``logit_scale`` clamped at ln 100 by this library.
 Keys come with the ``flava.`` prefix of ``FlavaForPreTraining`` or without it (``FlavaModel``).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,22 +34,37 @@ PREFIX = "flava."  # FlavaForPreTraining keeps FlavaModel's weights under this n
 TEMPLATES = ["a photo of a {}."]
 
 # FlavaImageConfig / FlavaTextConfig defaults, for keys a config.json leaves out.
-LAYER_DEFAULTS = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                      hidden_act="gelu", hidden_dropout_prob=0.0, layer_norm_eps=1e-12, qkv_bias=True)
+LAYER_DEFAULTS = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    layer_norm_eps=1e-12,
+    qkv_bias=True,
+)
 IMAGE_DEFAULTS = dict(LAYER_DEFAULTS, image_size=224, patch_size=16, num_channels=3)
 TEXT_DEFAULTS = dict(LAYER_DEFAULTS, vocab_size=30522, max_position_embeddings=512)
 
 # Left out on purpose: none of these take part in the contrastive image/text embeddings.
 DROPPED = (
-    "multimodal_model.",                                # the multimodal encoder
-    "image_to_mm_projection.", "text_to_mm_projection.",
-    "image_model.pooler.", "text_model.pooler.",        # tanh poolers (FLAVA's contrastive head skips them)
-    "image_model.embeddings.mask_token",                # masked-image pre-training
-    "mim_head.", "mlm_head.", "itm_head.", "mmm_image_head.", "mmm_text_head.",  # pre-training heads
+    "multimodal_model.",  # the multimodal encoder
+    "image_to_mm_projection.",
+    "text_to_mm_projection.",
+    "image_model.pooler.",
+    "text_model.pooler.",  # tanh poolers (FLAVA's contrastive head skips them)
+    "image_model.embeddings.mask_token",  # masked-image pre-training
+    "mim_head.",
+    "mlm_head.",
+    "itm_head.",
+    "mmm_image_head.",
+    "mmm_text_head.",  # pre-training heads
     "global_contrastive_head.",
     "image_codebook.",
     # buffers (0..n-1 and zeros) that transformers before 4.31 saved with the weights
-    "text_model.embeddings.position_ids", "text_model.embeddings.token_type_ids",
+    "text_model.embeddings.position_ids",
+    "text_model.embeddings.token_type_ids",
 )
 
 # nn.TransformerEncoderLayer's names (what encoder_layer_from_bert writes) -> the ViT block's
@@ -79,8 +95,10 @@ class SourceWeights(dict):
         unexpected = sorted(name for name in self if name not in self.read and not name.startswith(DROPPED))
         if unexpected:
             shown = ", ".join(unexpected[:5]) + (f", ... (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
-            raise CheckpointError(f"FLAVA weights {self.source} hold {len(unexpected)} unexpected key(s): {shown} "
-                                  f"(is this a FLAVA checkpoint of another architecture?)")
+            raise CheckpointError(
+                f"FLAVA weights {self.source} hold {len(unexpected)} unexpected key(s): {shown} "
+                f"(is this a FLAVA checkpoint of another architecture?)"
+            )
 
 
 def convert(source_dir: str | Path, out_dir: str | Path) -> Path:
@@ -100,8 +118,10 @@ def find_weights(source: Path) -> Path:
     for name in WEIGHTS_FILES:
         if (source / name).is_file():
             return source / name
-    raise CheckpointError(f"{source} holds no FLAVA weights: expected {' or '.join(WEIGHTS_FILES)} "
-                          f"(with config.json and vocab.txt) from facebook/flava-full")
+    raise CheckpointError(
+        f"{source} holds no FLAVA weights: expected {' or '.join(WEIGHTS_FILES)} "
+        f"(with config.json and vocab.txt) from facebook/flava-full"
+    )
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -116,24 +136,42 @@ def read_config(path: Path) -> CLIPConfig:
         raise CheckpointError(f"cannot read FLAVA config {path}: {error}") from error
     if not isinstance(flava, dict) or flava.get("model_type") != "flava":
         found = flava.get("model_type") if isinstance(flava, dict) else None
-        raise CheckpointError(f"{path} is not a FLAVA config (model_type {found!r}, expected 'flava'): "
-                              f"this converter reads facebook/flava-full")
+        raise CheckpointError(
+            f"{path} is not a FLAVA config (model_type {found!r}, expected 'flava'): "
+            f"this converter reads facebook/flava-full"
+        )
     image = sub_config(flava, "image_config", IMAGE_DEFAULTS, path)
     text = sub_config(flava, "text_config", TEXT_DEFAULTS, path)
     try:
         return CLIPConfig(
-            vision=VisionConfig(image_size=image["image_size"], patch_size=image["patch_size"],
-                                in_channels=image["num_channels"], width=image["hidden_size"],
-                                num_layers=image["num_hidden_layers"], num_heads=image["num_attention_heads"],
-                                mlp_dim=image["intermediate_size"], dropout=image["hidden_dropout_prob"],
-                                layer_norm_eps=image["layer_norm_eps"], resize_mode="squash"),
-            text=TextConfig(vocab_size=text["vocab_size"], width=text["hidden_size"],
-                            num_layers=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
-                            mlp_dim=text["intermediate_size"], max_len=text["max_position_embeddings"],
-                            context_length=min(TextConfig.context_length, text["max_position_embeddings"]),
-                            dropout=text["hidden_dropout_prob"], layer_norm_eps=text["layer_norm_eps"],
-                            activation="gelu", positions="learned", embedding_norm=True, pre_norm=True,
-                            pooling="cls"),
+            vision=VisionConfig(
+                image_size=image["image_size"],
+                patch_size=image["patch_size"],
+                in_channels=image["num_channels"],
+                width=image["hidden_size"],
+                num_layers=image["num_hidden_layers"],
+                num_heads=image["num_attention_heads"],
+                mlp_dim=image["intermediate_size"],
+                dropout=image["hidden_dropout_prob"],
+                layer_norm_eps=image["layer_norm_eps"],
+                resize_mode="squash",
+            ),
+            text=TextConfig(
+                vocab_size=text["vocab_size"],
+                width=text["hidden_size"],
+                num_layers=text["num_hidden_layers"],
+                num_heads=text["num_attention_heads"],
+                mlp_dim=text["intermediate_size"],
+                max_len=text["max_position_embeddings"],
+                context_length=min(TextConfig.context_length, text["max_position_embeddings"]),
+                dropout=text["hidden_dropout_prob"],
+                layer_norm_eps=text["layer_norm_eps"],
+                activation="gelu",
+                positions="learned",
+                embedding_norm=True,
+                pre_norm=True,
+                pooling="cls",
+            ),
             embed_dim=flava.get("projection_dim", 768),
             projection_bias=True,
             logit_scale_init=flava.get("logit_scale_init_value", 2.6592),  # the weights' value replaces it
@@ -147,7 +185,9 @@ def sub_config(flava: dict[str, Any], name: str, defaults: dict[str, Any], path:
     """One tower's settings; ``{name}_dict`` (older config.json files) overrides ``{name}`` as in transformers."""
     values = {**defaults, **(flava.get(name) or {}), **(flava.get(f"{name}_dict") or {})}
     if values["hidden_act"] != "gelu":
-        raise CheckpointError(f"{path}: {name}.hidden_act is {values['hidden_act']!r}; only 'gelu' (exact) is supported")
+        raise CheckpointError(
+            f"{path}: {name}.hidden_act is {values['hidden_act']!r}; only 'gelu' (exact) is supported"
+        )
     if not values["qkv_bias"]:
         raise CheckpointError(f"{path}: {name}.qkv_bias is false; FLAVA's attention has q/k/v biases")
     return values
@@ -157,8 +197,10 @@ def check_vocabulary(path: Path, config: CLIPConfig) -> None:
     try:
         Tokenizer(path, config.text.context_length, config.text.vocab_size)
     except TokenizerError as error:
-        raise CheckpointError(f"FLAVA needs its own {config.text.vocab_size}-token uncased WordPiece vocab.txt "
-                              f"(from facebook/flava-full): {error}") from error
+        raise CheckpointError(
+            f"FLAVA needs its own {config.text.vocab_size}-token uncased WordPiece vocab.txt "
+            f"(from facebook/flava-full): {error}"
+        ) from error
 
 
 def clip_state_dict(weights: SourceWeights, config: CLIPConfig) -> dict[str, torch.Tensor]:
@@ -200,12 +242,21 @@ def text_tower(weights: SourceWeights, num_layers: int) -> dict[str, torch.Tenso
     mapped["text_encoder.transformer_encoder.norm.weight"] = weights["text_model.layernorm.weight"]
     mapped["text_encoder.transformer_encoder.norm.bias"] = weights["text_model.layernorm.bias"]
     for index in range(num_layers):
-        mapped.update(flava_layer(weights, f"text_model.encoder.layer.{index}",
-                                  f"text_encoder.transformer_encoder.layers.{index}"))
+        mapped.update(
+            flava_layer(
+                weights, f"text_model.encoder.layer.{index}", f"text_encoder.transformer_encoder.layers.{index}"
+            )
+        )
     return mapped
 
 
 def flava_layer(weights: SourceWeights, source: str, target: str) -> dict[str, torch.Tensor]:
     """One FLAVA pre-LN layer -> ``nn.TransformerEncoderLayer`` keys (norm_first: norm1 before attention)."""
-    return encoder_layer_from_bert(weights, source, target, attention_norm="layernorm_before",
-                                   output_norm="layernorm_after", attention="attention.attention")
+    return encoder_layer_from_bert(
+        weights,
+        source,
+        target,
+        attention_norm="layernorm_before",
+        output_norm="layernorm_after",
+        attention="attention.attention",
+    )

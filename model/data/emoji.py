@@ -22,12 +22,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.data.emoji_catalog import (
-    EVERYDAY, TEST_STYLE, VALIDATION_STYLE, Concept, held_out_pattern, is_unseen,
-    load_concepts, load_paraphrases, split_of, variant_captions,
+    EVERYDAY,
+    TEST_STYLE,
+    VALIDATION_STYLE,
+    Concept,
+    held_out_pattern,
+    is_unseen,
+    load_concepts,
+    load_paraphrases,
+    split_of,
+    variant_captions,
 )
 from model.data.emoji_sources import (
-    EMOJIBASE, FLUENT, GOOGLE, OPENMOJI, TWITTER, EmojiDataError, Package,
-    default_cache_dir, extract, fetch_all, list_fluent_files, list_hexcode_files, strip_fe0f,
+    EMOJIBASE,
+    FLUENT,
+    GOOGLE,
+    OPENMOJI,
+    TWITTER,
+    EmojiDataError,
+    Package,
+    default_cache_dir,
+    extract,
+    fetch_all,
+    list_fluent_files,
+    list_hexcode_files,
+    strip_fe0f,
 )
 from model.data.index import read_index, write_index
 
@@ -63,12 +82,14 @@ STYLES = (
 @dataclass(frozen=True)
 class Job:
     """One output image: where it comes from and where it goes."""
+
     source: Path
     target: Path
     render: bool  # SVG to render, else a PNG to copy
 
 
 # ----------------------------------------------------------------------------- finding images
+
 
 def style_sources(style: Style, root: Path, concepts: list[Concept]) -> dict[str, Path]:
     """variant hexcode -> source file, for every variant this style draws."""
@@ -85,7 +106,9 @@ def style_sources(style: Style, root: Path, concepts: list[Concept]) -> dict[str
     return found
 
 
-def select_concepts(concepts: list[Concept], sources: dict[str, dict[str, Path]], only: list[str] | None) -> list[Concept]:
+def select_concepts(
+    concepts: list[Concept], sources: dict[str, dict[str, Path]], only: list[str] | None
+) -> list[Concept]:
     """Concepts whose base emoji is drawn by >= MIN_STYLES styles (optionally just `only`)."""
     eligible = [c for c in concepts if sum(c.hexcode in files for files in sources.values()) >= MIN_STYLES]
     if only is None:
@@ -93,7 +116,9 @@ def select_concepts(concepts: list[Concept], sources: dict[str, dict[str, Path]]
     wanted = {strip_fe0f(h) for h in only}
     missing = wanted - {c.hexcode for c in eligible}
     if missing:
-        raise EmojiDataError(f"--only names emoji that are not concepts (unknown, a skin tone, or in < {MIN_STYLES} styles): {sorted(missing)}")
+        raise EmojiDataError(
+            f"--only names emoji that are not concepts (unknown, a skin tone, or in < {MIN_STYLES} styles): {sorted(missing)}"
+        )
     return [c for c in eligible if c.hexcode in wanted]
 
 
@@ -111,16 +136,24 @@ def plan(concepts: list[Concept], sources: dict[str, dict[str, Path]], data_dir:
                     continue
                 image = Path("images") / style.name / f"{variant.hexcode}.png"
                 jobs.append(Job(source, data_dir / image, render=style.is_svg))
-                records.append({
-                    "image": image.as_posix(), "captions": captions, "concept": concept.hexcode,
-                    "variant": variant.hexcode, "label": concept.label, "style": style.name,
-                    "group": concept.group, "subgroup": concept.subgroup,
-                    "split": split_of(style.name, concept.hexcode),
-                })
+                records.append(
+                    {
+                        "image": image.as_posix(),
+                        "captions": captions,
+                        "concept": concept.hexcode,
+                        "variant": variant.hexcode,
+                        "label": concept.label,
+                        "style": style.name,
+                        "group": concept.group,
+                        "subgroup": concept.subgroup,
+                        "split": split_of(style.name, concept.hexcode),
+                    }
+                )
     return jobs, records
 
 
 # ----------------------------------------------------------------------------- producing images
+
 
 def run_job(job: Job) -> None:
     """Render or copy one image; written under a temporary name so a killed build leaves no
@@ -128,6 +161,7 @@ def run_job(job: Job) -> None:
     partial = job.target.with_name(job.target.name + ".partial")
     if job.render:
         import resvg_py  # imported here so that read_index, EVERYDAY etc. work without the data extra
+
         png = resvg_py.svg_to_bytes(svg_path=str(job.source), width=SVG_SIZE, height=SVG_SIZE, skip_system_fonts=True)
         partial.write_bytes(bytes(png))
     else:
@@ -166,7 +200,10 @@ def copy_licenses(roots: dict[str, Path], data_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- build
 
-def build(data_dir: Path, cache_dir: Path | None = None, only: list[str] | None = None, workers: int | None = None) -> list[dict]:
+
+def build(
+    data_dir: Path, cache_dir: Path | None = None, only: list[str] | None = None, workers: int | None = None
+) -> list[dict]:
     """Build DATA_DIR/images and DATA_DIR/index.jsonl; return the index records."""
     started = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
@@ -211,6 +248,7 @@ def summary(concepts: list[Concept], records: list[dict], produced: int, seconds
 
 # ----------------------------------------------------------------------------- paraphrases
 
+
 def check_paraphrases(data_dir: Path) -> list[str]:
     """Offences against the paraphrase evaluation: a synonym in a training caption.
 
@@ -230,16 +268,21 @@ def check_paraphrases(data_dir: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.data.emoji", description=__doc__.split("\n")[0])
-    parser.add_argument("--cache", type=Path, default=None, help="tarball cache (default $CLIP_EMOJI_CACHE or ~/.cache/clip-emoji)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="tarball cache (default $CLIP_EMOJI_CACHE or ~/.cache/clip-emoji)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch", help="fetch, verify and unpack the pinned npm packages")
     build_parser = commands.add_parser("build", help="build DATA_DIR/images and DATA_DIR/index.jsonl")
     build_parser.add_argument("data_dir", type=Path)
     build_parser.add_argument("--only", help="comma-separated concept hexcodes, e.g. 1F431,2764")
     build_parser.add_argument("--workers", type=int, default=None, help="SVG render processes (default: all cores)")
-    check_parser = commands.add_parser("check-paraphrases", help="fail if a paraphrase synonym is in a training caption")
+    check_parser = commands.add_parser(
+        "check-paraphrases", help="fail if a paraphrase synonym is in a training caption"
+    )
     check_parser.add_argument("data_dir", type=Path)
     args = parser.parse_args(argv)
 

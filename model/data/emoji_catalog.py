@@ -16,8 +16,16 @@ from model.data.emoji_sources import SKIN_TONE_NAMES, fluent_slug, strip_fe0f
 
 # The 10-way "everyday objects" set the evaluator reports on; these concepts are always seen.
 EVERYDAY = {
-    "1F431": "cat", "1F436": "dog", "1F355": "pizza", "1F697": "car", "1F3E0": "house",
-    "1F333": "tree", "1F680": "rocket", "1F34E": "apple", "26BD": "ball", "1F4D5": "book",
+    "1F431": "cat",
+    "1F436": "dog",
+    "1F355": "pizza",
+    "1F697": "car",
+    "1F3E0": "house",
+    "1F333": "tree",
+    "1F680": "rocket",
+    "1F34E": "apple",
+    "26BD": "ball",
+    "1F4D5": "book",
 }
 
 TEST_STYLE = "twitter"
@@ -38,6 +46,7 @@ _NOT_CONCEPT_GROUPS = {"component"}
 @dataclass(frozen=True)
 class Variant:
     """One drawable emoji: the base itself or one of its skin-tone versions."""
+
     hexcode: str  # FE0F stripped
     label: str  # emojibase label, e.g. "thumbs up: light skin tone"
     fluent_names: tuple[str, ...]  # file stems this variant may have in fluentui-emoji
@@ -66,11 +75,18 @@ def load_concepts(emojibase_root: Path) -> list[Concept]:
         if "group" not in entry or groups[entry["group"]][0] in _NOT_CONCEPT_GROUPS:
             continue  # regional indicator letters have no group
         (group, group_name), (subgroup, subgroup_name) = groups[entry["group"]], subgroups[entry["subgroup"]]
-        concepts.append(Concept(
-            hexcode=strip_fe0f(entry["hexcode"]), label=entry["label"], tags=tuple(entry.get("tags", ())),
-            group=group, subgroup=subgroup, group_name=group_name, subgroup_name=subgroup_name,
-            variants=_variants(entry),
-        ))
+        concepts.append(
+            Concept(
+                hexcode=strip_fe0f(entry["hexcode"]),
+                label=entry["label"],
+                tags=tuple(entry.get("tags", ())),
+                group=group,
+                subgroup=subgroup,
+                group_name=group_name,
+                subgroup_name=subgroup_name,
+                variants=_variants(entry),
+            )
+        )
     return concepts
 
 
@@ -81,7 +97,8 @@ def _variants(entry: dict) -> tuple[Variant, ...]:
     base = Variant(strip_fe0f(entry["hexcode"]), entry["label"], (slug, f"{slug}-default"))
     skins = tuple(
         Variant(
-            strip_fe0f(skin["hexcode"]), skin["label"],
+            strip_fe0f(skin["hexcode"]),
+            skin["label"],
             (f"{slug}-{SKIN_TONE_NAMES[skin['tone']]}",) if isinstance(skin["tone"], int) else (),
         )
         for skin in entry.get("skins", ())
@@ -90,6 +107,7 @@ def _variants(entry: dict) -> tuple[Variant, ...]:
 
 
 # ----------------------------------------------------------------------------- splits
+
 
 def is_unseen(hexcode: str) -> bool:
     """Whether a concept is held out of training in every style.
@@ -117,6 +135,7 @@ def split_of(style: str, hexcode: str) -> str:
 
 
 # ----------------------------------------------------------------------------- captions
+
 
 def load_paraphrases(path: Path = PARAPHRASES_PATH) -> dict[str, dict[str, str]]:
     """hexcode -> {"name": emojibase label, "synonym": a word for it no training caption uses}."""

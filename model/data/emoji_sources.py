@@ -40,27 +40,32 @@ class Package:
 _LICENSE_MEMBERS = ("package/package.json", "package/LICENSE")
 
 EMOJIBASE = Package(
-    "emojibase-data", "17.0.0",
+    "emojibase-data",
+    "17.0.0",
     "sha512-Yvgb5AWoHViHV/gq1qr5ZAarcBip+B27/ZLRsUJkbgAEaLlZ/fof9g882LTpmEpyhBNEC0m2SEmItljHsTygjA==",
     _LICENSE_MEMBERS + ("package/en/data.json", "package/en/messages.json"),
 )
 GOOGLE = Package(
-    "emoji-datasource-google", "16.0.0",
+    "emoji-datasource-google",
+    "16.0.0",
     "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
     _LICENSE_MEMBERS + ("package/img/google/64/",),
 )
 TWITTER = Package(
-    "emoji-datasource-twitter", "16.0.0",
+    "emoji-datasource-twitter",
+    "16.0.0",
     "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
     _LICENSE_MEMBERS + ("package/img/twitter/64/",),
 )
 OPENMOJI = Package(
-    "openmoji", "17.0.0",
+    "openmoji",
+    "17.0.0",
     "sha512-EBnYrNGdcdw+OSXmENeNE1yBNRu6tOraTmoOyUbJkTmvT/+XETp8RZLSJFzD3lrPc5N9CzsyPnRTk0Vp4UaI9w==",
     _LICENSE_MEMBERS + ("package/color/svg/", "package/black/svg/"),
 )
 FLUENT = Package(
-    "fluentui-emoji", "1.3.0",
+    "fluentui-emoji",
+    "1.3.0",
     "sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
     _LICENSE_MEMBERS + ("package/icons/",),
 )
@@ -72,6 +77,7 @@ def default_cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- fetch + verify
+
 
 def fetch(package: Package, cache_dir: Path) -> Path:
     """Return the verified tarball of `package` in cache_dir, running `npm pack` if absent."""
@@ -93,7 +99,8 @@ def _npm_pack(package: Package, cache_dir: Path) -> None:
     spec = f"{package.name}@{package.version}"
     result = subprocess.run(
         [npm, "pack", spec, "--pack-destination", str(cache_dir), "--silent"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise EmojiDataError(f"`npm pack {spec}` failed (exit {result.returncode}):\n{result.stderr.strip()}")
@@ -107,7 +114,7 @@ def verify(package: Package, tarball: Path) -> None:
         try:
             manifest = json.load(tar.extractfile("package/package.json"))
         except KeyError:
-            raise EmojiDataError(f"{tarball} is not an npm package tarball (no package/package.json)")
+            raise EmojiDataError(f"{tarball} is not an npm package tarball (no package/package.json)") from None
     found = (manifest.get("name"), manifest.get("version"))
     if found != (package.name, package.version):
         raise EmojiDataError(

@@ -23,7 +23,7 @@ def read_index(path: str | os.PathLike) -> list[dict]:
             if "caption" in record and "captions" not in record:
                 record["captions"] = [record.pop("caption")]
             if "image" not in record or not record.get("captions"):
-                raise ValueError(f"{path}:{number}: a record needs \"image\" and a non-empty \"caption(s)\"")
+                raise ValueError(f'{path}:{number}: a record needs "image" and a non-empty "caption(s)"')
             records.append(record)
     return records
 

@@ -1,4 +1,5 @@
 """Headless Chromium driven over the DevTools protocol (websocket-client), for the browser tests."""
+
 from __future__ import annotations
 
 import base64
@@ -25,12 +26,27 @@ class Browser:
         self.port = free_port()
         self.profile = tempfile.mkdtemp(prefix="chromium-")
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={self.profile}", f"--remote-debugging-port={self.port}",
-             "--remote-allow-origins=*", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-             "--window-size=1100,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={self.profile}",
+                f"--remote-debugging-port={self.port}",
+                "--remote-allow-origins=*",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--window-size=1100,900",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.blocked: list[str] = []
         self.requested: list[str] = []
         self._next_id = 0
@@ -47,7 +63,7 @@ class Browser:
                 return next(page["webSocketDebuggerUrl"] for page in pages if page["type"] == "page")
             except (httpx.TransportError, StopIteration, ValueError):
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("chromium did not start")
+                    raise RuntimeError("chromium did not start") from None
                 time.sleep(0.2)
 
     def call(self, method: str, **params):
@@ -103,8 +119,10 @@ class Browser:
         options = {}
         if full_page:
             size = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            options = {"captureBeyondViewport": True,
-                       "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}}
+            options = {
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            }
         return base64.b64decode(self.call("Page.captureScreenshot", format="png", **options)["data"])
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
 """A real server for tests: ``python -m app.cli serve`` (or uvicorn) in a subprocess on a free loopback port."""
+
 from __future__ import annotations
 
 import io
@@ -33,7 +34,9 @@ class Server:
         # the repo first, then whatever the caller had (a host may carry the service's packages there)
         python_path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
         env = {**os.environ, "PYTHONPATH": python_path, "CLIP_HOST": "127.0.0.1", "CLIP_PORT": str(self.port)}
-        env = {key: value for key, value in env.items() if not key.startswith("CLIP_") or key in ("CLIP_HOST", "CLIP_PORT")}
+        env = {
+            key: value for key, value in env.items() if not key.startswith("CLIP_") or key in ("CLIP_HOST", "CLIP_PORT")
+        }
         if checkpoint is not None:
             env["CLIP_CHECKPOINT"] = str(checkpoint)
         env.update({f"CLIP_{key.upper()}": str(value) for key, value in settings.items()})
@@ -41,11 +44,12 @@ class Server:
             argv = [sys.executable, "-m", "app.cli", "serve"]
         else:  # the other documented way to start it
             argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
+        self.process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.output = ""
 
-    def wait_ready(self) -> "Server":
+    def wait_ready(self) -> Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -89,9 +93,16 @@ def image_bytes(color=(200, 30, 30), size=(48, 40), format="PNG", **save) -> byt
     return buffer.getvalue()
 
 
-def classify(url: str, images: list[tuple[str, bytes]], labels: list[str], headers: dict | None = None,
-             timeout: float = 60, **fields) -> httpx.Response:
+def classify(
+    url: str,
+    images: list[tuple[str, bytes]],
+    labels: list[str],
+    headers: dict | None = None,
+    timeout: float = 60,
+    **fields,
+) -> httpx.Response:
     files = [("images", (name, data, "application/octet-stream")) for name, data in images]
     data = {"labels": labels, **fields}
-    return httpx.post(f"{url}/classify", files=files, data=data, headers=AUTH if headers is None else headers,
-                      timeout=timeout)
+    return httpx.post(
+        f"{url}/classify", files=files, data=data, headers=AUTH if headers is None else headers, timeout=timeout
+    )

@@ -1,4 +1,5 @@
 """Dynamic batching and the bounded queue, on a server whose batches close at 4 images (wait 5 s)."""
+
 from __future__ import annotations
 
 import signal
@@ -25,14 +26,16 @@ def test_concurrent_requests_share_one_batch_and_logits_do_not_change(server, ba
     count_before = batching_server.metric("clip_batch_size_count")
     sum_before = batching_server.metric("clip_batch_size_sum")
     with ThreadPoolExecutor(5) as pool:
-        good = [pool.submit(classify, batching_server.url, [(f"{i}.png", image)], labels)
-                for i, (image, labels) in enumerate(zip(IMAGES, LABEL_SETS))]
+        good = [
+            pool.submit(classify, batching_server.url, [(f"{i}.png", image)], labels)
+            for i, (image, labels) in enumerate(zip(IMAGES, LABEL_SETS))
+        ]
         bad = pool.submit(classify, batching_server.url, [("bad.png", b"not an image")], ["cat"])
         batched = [future.result() for future in good]
     assert bad.result().status_code == 415  # refused before batching; the others are unaffected
     assert all(response.status_code == 200 for response in batched), [r.text for r in batched]
     assert batching_server.metric("clip_batch_size_count") == count_before + 1  # one forward pass ...
-    assert batching_server.metric("clip_batch_size_sum") == sum_before + 4      # ... of all four images
+    assert batching_server.metric("clip_batch_size_sum") == sum_before + 4  # ... of all four images
     assert batching_server.metric('clip_batch_size_bucket{le="4.0"}') >= 1
 
     for image, labels, response in zip(IMAGES, LABEL_SETS, batched):

@@ -1,6 +1,7 @@
 """The demo page and /docs in real headless Chromium (Debian's chromium package), with every
 non-loopback request blocked. Set UPDATE_SCREENSHOTS=1 to refresh docs/docs-offline.png (docs/demo.png,
 the bundled model on real drawings, comes from scripts/demo_screenshot.py)."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,9 @@ from PIL import Image, ImageDraw
 from .cdp import CHROMIUM, Browser
 from .server import API_KEY, ROOT
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium); "
-                                                         "the browser tests need it")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (apt-get install chromium); the browser tests need it"
+)
 
 
 @pytest.fixture
@@ -55,14 +57,18 @@ def test_demo_page_classifies_an_upload_and_draws_the_chart(server, browser, tmp
     # a bad request shows its error in words
     browser.evaluate("document.getElementById('labels').value = 'cat, Cat'")
     browser.evaluate("document.getElementById('submit').click()")
-    message = browser.wait_for("!document.getElementById('error').hidden && document.getElementById('error').textContent")
+    message = browser.wait_for(
+        "!document.getElementById('error').hidden && document.getElementById('error').textContent"
+    )
     assert "case-insensitively" in message and "422" in message
 
 
 def test_docs_render_offline(server, browser, tmp_path):
     browser.open(server.url + "/docs")
-    operations = browser.wait_for("document.querySelectorAll('.opblock').length >= 8 && "
-                                  "[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+    operations = browser.wait_for(
+        "document.querySelectorAll('.opblock').length >= 8 && "
+        "[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)"
+    )
     assert "/classify" in "".join(operations) and "/embed/text" in "".join(operations)
     assert not browser.blocked, browser.blocked
     assert all("127.0.0.1" in url or url.startswith("data:") for url in browser.requested), browser.requested

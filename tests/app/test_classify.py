@@ -1,4 +1,5 @@
 """POST /classify and /classify/json against a real server and a tiny real checkpoint."""
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,13 @@ def reference_logits(checkpoint, images: list[bytes], labels, templates) -> torc
 
 
 def test_classify_answers_per_image_in_label_order(server, tiny_checkpoint):
-    response = classify(server.url, [("red.png", RED), ("blue.jpg", BLUE)], ["cat", "dog", "pizza"],
-                        headers={**AUTH, "X-Request-ID": "req-42"}, top_k=2)
+    response = classify(
+        server.url,
+        [("red.png", RED), ("blue.jpg", BLUE)],
+        ["cat", "dog", "pizza"],
+        headers={**AUTH, "X-Request-ID": "req-42"},
+        top_k=2,
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "req-42"
     body = response.json()
@@ -65,9 +71,13 @@ def test_json_array_labels_and_templates_ensembled(server, tiny_checkpoint):
 
 def test_json_variant_matches_multipart(server):
     multipart = classify(server.url, [("red.png", RED), ("blue.jpg", BLUE)], ["cat", "dog"]).json()
-    payload = {"images": [{"data": base64.b64encode(RED).decode(), "filename": "red.png"},
-                          {"data": "data:image/jpeg;base64," + base64.b64encode(BLUE).decode(), "filename": "blue.jpg"}],
-               "labels": ["cat", "dog"]}
+    payload = {
+        "images": [
+            {"data": base64.b64encode(RED).decode(), "filename": "red.png"},
+            {"data": "data:image/jpeg;base64," + base64.b64encode(BLUE).decode(), "filename": "blue.jpg"},
+        ],
+        "labels": ["cat", "dog"],
+    }
     answer = httpx.post(f"{server.url}/classify/json", headers=AUTH, json=payload, timeout=60)
     assert answer.status_code == 200, answer.text
     for a, b in zip(answer.json()["results"], multipart["results"]):
@@ -85,8 +95,10 @@ def test_logit_of_a_label_does_not_depend_on_the_other_labels(server):
     assert alone["results"][0]["scores"][0]["probability"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("format, extra", [("JPEG", {}), ("PNG", {}), ("WEBP", {}), ("GIF", {}), ("BMP", {}),
-                                           ("TIFF", {}), ("PNG", {"mode": "RGBA"})])
+@pytest.mark.parametrize(
+    "format, extra",
+    [("JPEG", {}), ("PNG", {}), ("WEBP", {}), ("GIF", {}), ("BMP", {}), ("TIFF", {}), ("PNG", {"mode": "RGBA"})],
+)
 def test_image_formats(server, format, extra):
     image = Image.new(extra.get("mode", "RGB"), (40, 30), (10, 200, 90) + ((128,) if extra else ()))
     buffer = io.BytesIO()

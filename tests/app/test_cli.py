@@ -1,10 +1,11 @@
 """clip-classify (local, no server) and the console-script entry points."""
+
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
+import tomllib
 
 from app import cli
 from app.settings import Settings
@@ -23,8 +24,20 @@ def test_clip_classify_json(tmp_path, tiny_checkpoint, capsys):
     for i, color in enumerate(((200, 30, 30), (20, 40, 210))):
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(image_bytes(color))
-    cli.classify([*map(str, paths), "--label", "cat", "--label", "dog", "--checkpoint", str(tiny_checkpoint),
-                  "--template", "a photo of a {}.", "--json"])
+    cli.classify(
+        [
+            *map(str, paths),
+            "--label",
+            "cat",
+            "--label",
+            "dog",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--template",
+            "a photo of a {}.",
+            "--json",
+        ]
+    )
     body = json.loads(capsys.readouterr().out)
     assert [r["filename"] for r in body["results"]] == [str(p) for p in paths]
     assert body["templates"] == ["a photo of a {}."]

@@ -5,6 +5,7 @@ skipped without one.
 CLIP_TEST_CUDA_DEVICE=cpu runs them with the CPU standing in for the GPU, bf16 and fp16 included,
 at the tiny shape: the dry run that proves these tests' code where no GPU is (tests/conftest.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -144,7 +145,7 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
     """Requests cut across batches, some classifying against their own labels (the service's path:
     run_batch computes their logits with the batch), one asking for embeddings only."""
     request_sizes = [1, 3, 2, 2]  # 8 images in batches of 3: batches cut across requests
-    images = images[:sum(request_sizes)]
+    images = images[: sum(request_sizes)]
     requests = list(torch.split(images, request_sizes))
     label_sets = [LABELS[:2], None, LABELS[2:7], LABELS]
     classes = [None if labels is None else bf16_engine.label_embeddings(labels) for labels in label_sets]
@@ -154,9 +155,12 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
     batch_sizes = []
 
     async def scenario():
-        async with running_batcher(bf16_engine.run_batch, batch_sizes, max_batch=3, max_wait=0.2, max_queue=8) as batcher:
-            return await asyncio.gather(*(batcher.submit(list(request), request_classes)
-                                          for request, request_classes in zip(requests, classes)))
+        async with running_batcher(
+            bf16_engine.run_batch, batch_sizes, max_batch=3, max_wait=0.2, max_queue=8
+        ) as batcher:
+            return await asyncio.gather(
+                *(batcher.submit(list(request), request_classes) for request, request_classes in zip(requests, classes))
+            )
 
     results = asyncio.run(scenario())
     assert batch_sizes == [3, 3, 2]

@@ -1,4 +1,5 @@
 """The engine and batcher in-process: logits independent of company, the label cache, the batcher."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,7 @@ def test_label_cache_is_a_bounded_lru(engine):
     first = engine.label_embeddings(["cat", "dog"])
     again = engine.label_embeddings(["dog", "cat"])
     assert torch.equal(first.flip(0), again)
-    engine.label_embeddings(["cow"])          # evicts the least recently used ("dog")
+    engine.label_embeddings(["cow"])  # evicts the least recently used ("dog")
     engine.label_embeddings(["cat", "dog"])
     assert calls == [(0, 2), (2, 0), (0, 1), (1, 1)]
     assert len(engine.label_cache) == 2
@@ -67,13 +68,23 @@ def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(
     """run_batch against the per-request path: each image's logits row (its own request's labels)
     or, for a request without labels, its embedding; split where one request's images end."""
     monkeypatch.setattr(engine, "label_cache", LabelCache(16))
-    pixels = torch.stack([engine.decode_image(image_bytes(color)) for color in
-                          ((200, 0, 0), (0, 90, 200), (9, 9, 9), (250, 250, 0), (0, 160, 60))])
+    pixels = torch.stack(
+        [
+            engine.decode_image(image_bytes(color))
+            for color in ((200, 0, 0), (0, 90, 200), (9, 9, 9), (250, 250, 0), (0, 160, 60))
+        ]
+    )
     cats, vehicles = engine.label_embeddings(["cat", "dog"]), engine.label_embeddings(["car", "bus", "a red rocket"])
-    contexts = [cats, cats, None, vehicles, cats.clone()]  # four requests; the last shares the first's labels, not its tensor
+    contexts = [
+        cats,
+        cats,
+        None,
+        vehicles,
+        cats.clone(),
+    ]  # four requests; the last shares the first's labels, not its tensor
     outputs = engine.run_batch(pixels, contexts)
     assert [tuple(row.shape) for row in outputs] == [(2,), (2,), (24,), (3,), (2,)]
-    alone = [engine.encode_images(pixels[i:i + 1]) for i in range(5)]
+    alone = [engine.encode_images(pixels[i : i + 1]) for i in range(5)]
     for index, classes in enumerate(contexts):
         expected = alone[index][0] if classes is None else engine.logits(alone[index], classes)[0]
         torch.testing.assert_close(outputs[index], expected.float(), rtol=0, atol=1e-5)
@@ -84,12 +95,12 @@ def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine, 
     monkeypatch.setattr(engine, "label_sets", LabelCache(4))
     calls = []
     monkeypatch.setattr(engine, "on_cache_lookup", lambda hits, misses: calls.append((hits, misses)))
-    assert engine.cached_label_embeddings(["cat", "dog"]) is None     # nothing cached: the model thread's job
+    assert engine.cached_label_embeddings(["cat", "dog"]) is None  # nothing cached: the model thread's job
     computed = engine.label_embeddings(["cat", "dog"])
     assert engine.cached_label_embeddings(["cat"]) is not None
-    assert engine.cached_label_embeddings(["cat", "cow"]) is None     # one miss is a miss
+    assert engine.cached_label_embeddings(["cat", "cow"]) is None  # one miss is a miss
     torch.testing.assert_close(engine.cached_label_embeddings(["dog", "cat"]), computed.flip(0))
-    assert calls == [(0, 2), (1, 0), (2, 0)]                          # misses are counted where they are computed
+    assert calls == [(0, 2), (1, 0), (2, 0)]  # misses are counted where they are computed
     # a repeated set is the same tensor (no stacking per request; run_batch shares its columns)
     assert engine.cached_label_embeddings(["dog", "cat"]) is engine.cached_label_embeddings(["dog", "cat"])
     assert engine.cached_label_embeddings(["dog", "cat"], ["a drawing of a {}."]) is None  # templates are in the key

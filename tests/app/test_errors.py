@@ -1,4 +1,5 @@
 """Every bad input gets a clear JSON error with the right status, never a 500 (limits: conftest.LIMITS)."""
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,15 @@ CASES = [
     ("duplicate label", [("a.png", PNG)], ["Cat", " cat "], {}, 422, "duplicate_label", "case-insensitively"),
     ("label too long", [("a.png", PNG)], ["x" * 21], {}, 422, "label_too_long", "limit of 20"),
     ("too many labels", [("a.png", PNG)], ["a", "b", "c", "d"], {}, 422, "too_many_labels", "limit of 3"),
-    ("too many templates", [("a.png", PNG)], ["cat"], {"template": ["{}", "a {}", "the {}"]}, 422,
-     "too_many_templates", "limit of 2"),
+    (
+        "too many templates",
+        [("a.png", PNG)],
+        ["cat"],
+        {"template": ["{}", "a {}", "the {}"]},
+        422,
+        "too_many_templates",
+        "limit of 2",
+    ),
     ("template without braces", [("a.png", PNG)], ["cat"], {"template": "a photo"}, 422, "bad_template", "{}"),
     ("top_k zero", [("a.png", PNG)], ["cat"], {"top_k": "0"}, 422, "bad_top_k", "top_k"),
     ("top_k not a number", [("a.png", PNG)], ["cat"], {"top_k": "many"}, 422, "invalid_request", "top_k"),
@@ -39,14 +47,22 @@ CASES = [
     ("truncated image", [("cut.png", PNG[: len(PNG) // 2])], ["cat"], {}, 415, "unsupported_image", "cut.png"),
     ("empty file", [("empty.jpg", b"")], ["cat"], {}, 415, "unsupported_image", "empty.jpg"),
     ("decompression bomb", [("bomb.png", bomb_png())], ["cat"], {}, 413, "image_too_large", "bomb.png"),
-    ("over the pixel limit", [("big.png", image_bytes(size=(101, 100)))], ["cat"], {}, 413, "image_too_large",
-     "10100 pixels, over the limit of 10000"),
+    (
+        "over the pixel limit",
+        [("big.png", image_bytes(size=(101, 100)))],
+        ["cat"],
+        {},
+        413,
+        "image_too_large",
+        "10100 pixels, over the limit of 10000",
+    ),
     ("too many images", [(f"{i}.png", PNG) for i in range(3)], ["cat"], {}, 422, "too_many_images", "limit of 2"),
 ]
 
 
-@pytest.mark.parametrize("images, labels, fields, status, code, words", [case[1:] for case in CASES],
-                         ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    "images, labels, fields, status, code, words", [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_bad_request_gets_clear_error(server, images, labels, fields, status, code, words):
     files = [("images", (name, data, "application/octet-stream")) for name, data in images or []]
     data = {**({"labels": labels} if labels is not None else {}), **fields}
@@ -60,13 +76,16 @@ def test_bad_request_gets_clear_error(server, images, labels, fields, status, co
     assert body["request_id"] == response.headers["x-request-id"]
 
 
-@pytest.mark.parametrize("payload, code", [
-    ({"images": [], "labels": ["cat"]}, "no_images"),
-    ({"images": [{"data": "bm90IGFuIGltYWdl"}], "labels": []}, "no_labels"),
-    ({"images": [{"data": "%%%not base64", "filename": "x.png"}], "labels": ["cat"]}, "invalid_base64"),
-    ({"images": [{"data": "bm90IGFuIGltYWdl"}], "labels": ["cat"], "templates": ["no braces"]}, "bad_template"),
-    ({"labels": ["cat"]}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        ({"images": [], "labels": ["cat"]}, "no_images"),
+        ({"images": [{"data": "bm90IGFuIGltYWdl"}], "labels": []}, "no_labels"),
+        ({"images": [{"data": "%%%not base64", "filename": "x.png"}], "labels": ["cat"]}, "invalid_base64"),
+        ({"images": [{"data": "bm90IGFuIGltYWdl"}], "labels": ["cat"], "templates": ["no braces"]}, "bad_template"),
+        ({"labels": ["cat"]}, "invalid_request"),
+    ],
+)
 def test_json_variant_errors(server, payload, code):
     response = httpx.post(f"{server.url}/classify/json", headers=AUTH, json=payload, timeout=60)
     assert response.status_code == 422, response.text
@@ -74,8 +93,12 @@ def test_json_variant_errors(server, payload, code):
 
 
 def test_malformed_json_body(server):
-    response = httpx.post(f"{server.url}/classify/json", content=b"{not json", timeout=30,
-                          headers={**AUTH, "content-type": "application/json"})
+    response = httpx.post(
+        f"{server.url}/classify/json",
+        content=b"{not json",
+        timeout=30,
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert response.status_code == 422
     assert response.json()["error"] == "invalid_request"
 
@@ -96,17 +119,25 @@ def test_bad_request_does_not_harm_a_good_one_sent_with_it(server):
 PNG_BASE64 = base64.b64encode(image_bytes()).decode()
 
 
-@pytest.mark.parametrize("route, payload, names", [
-    ("/classify/json", {"images": [{"data": PNG_BASE64}], "labels": ["cat", "\ud800"]}, "label 2"),
-    ("/classify/json", {"images": [{"data": PNG_BASE64}], "labels": ["cat"], "templates": ["a {} \udfff"]}, "template 1"),
-    ("/embed/text", {"texts": ["a dog", "a \ud83d cat"]}, "text 2"),
-    ("/classify/json", {"images": [{"data": PNG_BASE64, "filename": "\ud800.png"}], "labels": ["cat"]}, "filename"),
-])
+@pytest.mark.parametrize(
+    "route, payload, names",
+    [
+        ("/classify/json", {"images": [{"data": PNG_BASE64}], "labels": ["cat", "\ud800"]}, "label 2"),
+        (
+            "/classify/json",
+            {"images": [{"data": PNG_BASE64}], "labels": ["cat"], "templates": ["a {} \udfff"]},
+            "template 1",
+        ),
+        ("/embed/text", {"texts": ["a dog", "a \ud83d cat"]}, "text 2"),
+        ("/classify/json", {"images": [{"data": PNG_BASE64, "filename": "\ud800.png"}], "labels": ["cat"]}, "filename"),
+    ],
+)
 def test_a_lone_surrogate_is_a_422_that_says_where(server, route, payload, names):
     """JSON can carry "\\ud800", which decodes to a str that no encoder takes: refused, never a 500."""
     body = json.dumps(payload).encode()  # the escapes stay escapes: this is what a client can send
-    response = httpx.post(f"{server.url}{route}", content=body, timeout=60,
-                          headers={**AUTH, "content-type": "application/json"})
+    response = httpx.post(
+        f"{server.url}{route}", content=body, timeout=60, headers={**AUTH, "content-type": "application/json"}
+    )
     assert response.status_code == 422, response.text
     assert response.json()["error"] == "invalid_text" and names in response.json()["message"]
     assert "surrogate" in response.json()["message"]
@@ -119,8 +150,15 @@ def test_an_image_without_a_filename_is_named_by_its_position(server):
     assert response.json()["message"].startswith("'image 2' is not an image")
 
 
-@pytest.mark.parametrize("label, found", [("\x00", "no tokens at all"), ("\u200b", "no tokens at all"),
-                                          ("🐱", "only 1 unknown token(s)"), ("🐱 🐶", "only 2 unknown token(s)")])
+@pytest.mark.parametrize(
+    "label, found",
+    [
+        ("\x00", "no tokens at all"),
+        ("\u200b", "no tokens at all"),
+        ("🐱", "only 1 unknown token(s)"),
+        ("🐱 🐶", "only 2 unknown token(s)"),
+    ],
+)
 def test_a_label_the_vocabulary_cannot_spell_is_refused(server, label, found):
     response = classify(server.url, [("a.png", PNG)], ["cat", label], headers=AUTH)
     assert response.status_code == 422, response.text

@@ -1,4 +1,5 @@
 """Start-up checks, readiness and SIGTERM drain."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import pytest
 from app.exceptions import StartupError
 from app.main import check_startup, create_app
 from app.settings import DEFAULT_CHECKPOINT, Settings
-
 from tests.conftest import make_checkpoint
 
 from .server import Server
@@ -27,15 +27,18 @@ def failed_starts(tmp_path_factory, tiny_checkpoint):
     for name in ("config.json", "model.safetensors"):
         (short_vocab / name).write_bytes((tiny_checkpoint / name).read_bytes())
     (short_vocab / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
-    servers = {"missing": Server(tmp_path_factory.mktemp("empty") / "nothing-here"),
-               "load fails": Server(short_vocab),
-               "broken": Server(broken, command="uvicorn"),
-               "bad setting": Server(tiny_checkpoint, max_batch="many")}
+    servers = {
+        "missing": Server(tmp_path_factory.mktemp("empty") / "nothing-here"),
+        "load fails": Server(short_vocab),
+        "broken": Server(broken, command="uvicorn"),
+        "bad setting": Server(tiny_checkpoint, max_batch="many"),
+    }
     return {name: (server.wait_exit(), server.finish()) for name, server in servers.items()}
 
 
-@pytest.mark.parametrize("case, words", [("missing", "checkpoint directory not found"),
-                                         ("broken", "unknown vision field(s): colour")])
+@pytest.mark.parametrize(
+    "case, words", [("missing", "checkpoint directory not found"), ("broken", "unknown vision field(s): colour")]
+)
 def test_bad_checkpoint_stops_start_up_with_one_clear_line(failed_starts, case, words):
     returncode, output = failed_starts[case]
     assert returncode == 2
@@ -44,10 +47,14 @@ def test_bad_checkpoint_stops_start_up_with_one_clear_line(failed_starts, case, 
     assert words in lines[0] and "CLIP_CHECKPOINT" in lines[0]
 
 
-@pytest.mark.parametrize("case, damage, words", [
-    ("empty", lambda data: b"", "not a safetensors file"),
-    ("truncated", lambda data: data[:len(data) - 100], "truncated?"),
-    ("header only", lambda data: data[:8 + int.from_bytes(data[:8], "little")], "truncated?")])
+@pytest.mark.parametrize(
+    "case, damage, words",
+    [
+        ("empty", lambda data: b"", "not a safetensors file"),
+        ("truncated", lambda data: data[: len(data) - 100], "truncated?"),
+        ("header only", lambda data: data[: 8 + int.from_bytes(data[:8], "little")], "truncated?"),
+    ],
+)
 def test_broken_weights_stop_start_up_before_binding(tiny_checkpoint, tmp_path, case, damage, words):
     for name in ("config.json", "vocab.txt"):
         (tmp_path / name).write_bytes((tiny_checkpoint / name).read_bytes())
@@ -57,8 +64,9 @@ def test_broken_weights_stop_start_up_before_binding(tiny_checkpoint, tmp_path, 
 
 
 def test_weights_of_the_wrong_shape_stop_start_up_before_binding(tiny_checkpoint, tmp_path, vocab_path):
-    make_checkpoint(tmp_path, vocab_path, vision=dict(image_size=32, patch_size=8, width=48, num_layers=2,
-                                                      num_heads=2, mlp_dim=64))   # width 48, not the config's 32
+    make_checkpoint(
+        tmp_path, vocab_path, vision=dict(image_size=32, patch_size=8, width=48, num_layers=2, num_heads=2, mlp_dim=64)
+    )  # width 48, not the config's 32
     (tmp_path / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
     with pytest.raises(StartupError, match=r"shape mismatch\(es\) \(file vs config\): .*\(48"):
         check_startup(Settings(checkpoint=tmp_path))
@@ -74,8 +82,10 @@ def test_a_model_that_fails_to_load_in_the_background_ends_the_server_non_zero(f
 def test_a_bad_setting_is_named_by_its_environment_variable(failed_starts):
     returncode, output = failed_starts["bad setting"]
     assert returncode == 2
-    assert output.strip() == ("clip-serve: invalid setting(s): CLIP_MAX_BATCH='many': Input should be a valid integer, "
-                              "unable to parse string as an integer"), output
+    assert output.strip() == (
+        "clip-serve: invalid setting(s): CLIP_MAX_BATCH='many': Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ), output
 
 
 def test_default_checkpoint_is_one_constant_inside_the_package(monkeypatch):

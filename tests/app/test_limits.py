@@ -1,4 +1,5 @@
 """The upload byte limit, the API key and CORS (the server's settings: conftest.LIMITS)."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,8 +16,10 @@ from .server import API_KEY, AUTH, classify, image_bytes
 PNG = image_bytes()
 MIB = 1024 * 1024
 # a valid multipart start, so the body is refused for its size, not its shape
-PART = (b'--xyz\r\nContent-Disposition: form-data; name="images"; filename="big.bin"\r\n'
-        b"Content-Type: application/octet-stream\r\n\r\n")
+PART = (
+    b'--xyz\r\nContent-Disposition: form-data; name="images"; filename="big.bin"\r\n'
+    b"Content-Type: application/octet-stream\r\n\r\n"
+)
 
 
 def post_raw(url: str, headers: list[str], chunks, path="/classify") -> tuple[bytes, int]:
@@ -24,7 +27,9 @@ def post_raw(url: str, headers: list[str], chunks, path="/classify") -> tuple[by
     Returns (the answer's first bytes, body bytes sent)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode())
+        sock.sendall(
+            (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
+        )
         sent = 0
         for chunk in chunks:
             readable, _, _ = select.select([sock], [], [], 0.02)
@@ -50,8 +55,11 @@ def _complete(answer: bytes) -> bool:
 
 def test_20_mib_upload_refused_with_413_before_the_body_is_sent(server):
     total = 20 * MIB
-    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {total}",
-               "Content-Type: multipart/form-data; boundary=xyz"]
+    headers = [
+        *(f"{k}: {v}" for k, v in AUTH.items()),
+        f"Content-Length: {total}",
+        "Content-Type: multipart/form-data; boundary=xyz",
+    ]
     body = itertools.chain([PART], (b"x" * (64 * 1024) for _ in range(total // (64 * 1024))))
     answer, sent = post_raw(server.url, headers, body)
     assert answer.startswith(b"HTTP/1.1 413")
@@ -65,8 +73,12 @@ def test_streamed_upload_without_length_cut_off_after_the_limit(server):
         for _ in range(count):
             time.sleep(0.01)
             yield f"{size:x}\r\n".encode() + b"x" * size + b"\r\n"
-    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), "Transfer-Encoding: chunked",
-               "Content-Type: multipart/form-data; boundary=xyz"]
+
+    headers = [
+        *(f"{k}: {v}" for k, v in AUTH.items()),
+        "Transfer-Encoding: chunked",
+        "Content-Type: multipart/form-data; boundary=xyz",
+    ]
     answer, sent = post_raw(server.url, headers, chunked())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"upload_too_large" in answer
@@ -74,8 +86,14 @@ def test_streamed_upload_without_length_cut_off_after_the_limit(server):
 
 
 def test_api_key_required_on_protected_routes(server):
-    for method, path in [("POST", "/classify"), ("POST", "/classify/json"), ("POST", "/embed/image"),
-                         ("POST", "/embed/text"), ("GET", "/v1/model"), ("GET", "/metrics")]:
+    for method, path in [
+        ("POST", "/classify"),
+        ("POST", "/classify/json"),
+        ("POST", "/embed/image"),
+        ("POST", "/embed/text"),
+        ("GET", "/v1/model"),
+        ("GET", "/metrics"),
+    ]:
         missing = httpx.request(method, f"{server.url}{path}", timeout=30)
         assert missing.status_code == 401, path
         assert missing.json()["error"] == "unauthorized"
@@ -88,7 +106,15 @@ def test_api_key_required_on_protected_routes(server):
 
 
 def test_open_routes_stay_open_with_a_key_set(server):
-    for path in ["/healthz", "/readyz", "/", "/docs", "/openapi.json", "/static/demo.js", "/docs-assets/swagger-ui.css"]:
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/",
+        "/docs",
+        "/openapi.json",
+        "/static/demo.js",
+        "/docs-assets/swagger-ui.css",
+    ]:
         assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200, path
 
 
@@ -101,17 +127,27 @@ def test_cors_allows_the_configured_origin_only(server):
     assert "access-control-allow-origin" not in other.headers
 
 
-@pytest.mark.parametrize("authorization, status", [
-    (f"Bearer {API_KEY}", 200), (f"bearer {API_KEY}", 200), (f"BEARER {API_KEY}", 200),  # RFC 7235: the scheme's case
-    (f"Bearer {API_KEY}x", 401), (f"Bearer {API_KEY[:-1]}", 401), (f"Bearer {API_KEY.upper()}", 401),  # the key's exact
-    (f"Basic {API_KEY}", 401), (API_KEY, 401), (f"Bearer{API_KEY}", 401)])
+@pytest.mark.parametrize(
+    "authorization, status",
+    [
+        (f"Bearer {API_KEY}", 200),
+        (f"bearer {API_KEY}", 200),
+        (f"BEARER {API_KEY}", 200),  # RFC 7235: the scheme's case
+        (f"Bearer {API_KEY}x", 401),
+        (f"Bearer {API_KEY[:-1]}", 401),
+        (f"Bearer {API_KEY.upper()}", 401),  # the key's exact
+        (f"Basic {API_KEY}", 401),
+        (API_KEY, 401),
+        (f"Bearer{API_KEY}", 401),
+    ],
+)
 def test_the_scheme_name_is_case_insensitive_and_the_key_exact(server, authorization, status):
     response = httpx.get(f"{server.url}/v1/model", headers={"Authorization": authorization}, timeout=30)
     assert response.status_code == status, authorization
 
 
 def test_template_length_limit_both_sides(server):
-    at_limit, over = "a {} " + "x" * 25, "a {} " + "x" * 26          # 30 and 31 characters (the limit is 30)
+    at_limit, over = "a {} " + "x" * 25, "a {} " + "x" * 26  # 30 and 31 characters (the limit is 30)
     assert classify(server.url, [("a.png", PNG)], ["cat"], headers=AUTH, template=at_limit).status_code == 200
     refused = classify(server.url, [("a.png", PNG)], ["cat"], headers=AUTH, template=over)
     assert refused.status_code == 422 and refused.json()["error"] == "template_too_long"
@@ -121,7 +157,8 @@ def test_template_length_limit_both_sides(server):
 def test_text_length_limit_both_sides(server):
     def embed(text):
         return httpx.post(f"{server.url}/embed/text", headers=AUTH, json={"texts": ["a cat", text]}, timeout=30)
-    assert embed("y" * 40).status_code == 200                               # the limit is 40
+
+    assert embed("y" * 40).status_code == 200  # the limit is 40
     refused = embed("y" * 41)
     assert refused.status_code == 422 and refused.json()["error"] == "text_too_long"
     assert refused.json()["message"] == "text 2 has 41 characters, more than the limit of 40"
@@ -129,8 +166,11 @@ def test_text_length_limit_both_sides(server):
 
 def test_a_body_shorter_than_its_content_length_gets_408_after_the_body_timeout(server):
     """The server's CLIP_BODY_TIMEOUT_S is 1.5 s: 10 bytes of a declared 1000, then silence."""
-    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), "Content-Length: 1000",
-               "Content-Type: multipart/form-data; boundary=xyz"]
+    headers = [
+        *(f"{k}: {v}" for k, v in AUTH.items()),
+        "Content-Length: 1000",
+        "Content-Type: multipart/form-data; boundary=xyz",
+    ]
     answer, _ = post_raw(server.url, headers, [PART[:10]])
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"request_timeout" in answer and b"CLIP_BODY_TIMEOUT_S" in answer
@@ -142,29 +182,37 @@ def test_a_slow_body_that_keeps_coming_is_not_cut_off(server):
     files = {"images": ("a.png", image, "image/png")}
     request = httpx.Request("POST", f"{server.url}/classify", files=files, data={"labels": ["cat"]}, headers=AUTH)
     body = request.read()
-    pieces = [body[i:i + len(body) // 6 + 1] for i in range(0, len(body), len(body) // 6 + 1)]
+    pieces = [body[i : i + len(body) // 6 + 1] for i in range(0, len(body), len(body) // 6 + 1)]
 
     def slowly():
         for piece in pieces:
             time.sleep(0.5)
             yield piece
-    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {len(body)}",
-               f"Content-Type: {request.headers['content-type']}"]
+
+    headers = [
+        *(f"{k}: {v}" for k, v in AUTH.items()),
+        f"Content-Length: {len(body)}",
+        f"Content-Type: {request.headers['content-type']}",
+    ]
     answer, _ = post_raw(server.url, headers, slowly())
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
 
 def multipart(closed: bool) -> tuple[list[str], bytes]:
     """A /classify body of one image and two labels, with or without its closing delimiter."""
-    request = httpx.Request("POST", "http://x/classify", files={"images": ("a.png", PNG, "image/png")},
-                            data={"labels": ["cat", "dog"]})
+    request = httpx.Request(
+        "POST", "http://x/classify", files={"images": ("a.png", PNG, "image/png")}, data={"labels": ["cat", "dog"]}
+    )
     body = request.read()
     boundary = re.search(r"boundary=(\S+)", request.headers["content-type"]).group(1).encode()
     assert body.endswith(b"--" + boundary + b"--\r\n")
     if not closed:  # cut after the last part's value, where a truncated upload ends
-        body = body[:body.rindex(b"\r\n--" + boundary + b"--")]
-    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {len(body)}",
-               f"Content-Type: {request.headers['content-type']}"]
+        body = body[: body.rindex(b"\r\n--" + boundary + b"--")]
+    headers = [
+        *(f"{k}: {v}" for k, v in AUTH.items()),
+        f"Content-Length: {len(body)}",
+        f"Content-Type: {request.headers['content-type']}",
+    ]
     return headers, body
 
 
@@ -176,4 +224,3 @@ def test_a_multipart_body_without_its_closing_delimiter_is_a_400_not_a_label_few
     answer, _ = post_raw(server.url, headers, [body])
     assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert b"unterminated_multipart" in answer and b"closing delimiter" in answer
-

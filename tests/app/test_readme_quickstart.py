@@ -1,6 +1,7 @@
 """The README's quick start, run as written: `clip-serve` with no settings serves the bundled
 emoji model, and the Twemoji cat from the pinned npm package, among the ten everyday labels,
 gets the answer the README prints (labels, probabilities, the model's sha256)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ SECTION = "### Try the bundled model"
 def quickstart() -> tuple[str, dict]:
     """The section's curl command and the JSON answer printed under it."""
     text = README.read_text()
-    section = text[text.index(SECTION):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index(SECTION) :]
+    section = section[: section.index("\n## ", 1)]
     command = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     answer = re.search(r"```json\n(.*?)```", section, re.S).group(1)
     return command, json.loads(answer)
@@ -55,9 +56,13 @@ def test_clip_serve_with_no_settings_answers_the_readme_quickstart_as_printed(de
     command, printed = quickstart()
     labels = json.loads(re.search(r"labels=(\[.*?\])", command).group(1))
     top_k = int(re.search(r"top_k=(\d+)", command).group(1))
-    response = httpx.post(f"{default_server.url}/classify", headers=AUTH, timeout=120,
-                          files=[("images", ("1f431.png", twemoji_cat.read_bytes(), "image/png"))],
-                          data={"labels": json.dumps(labels), "top_k": str(top_k)})
+    response = httpx.post(
+        f"{default_server.url}/classify",
+        headers=AUTH,
+        timeout=120,
+        files=[("images", ("1f431.png", twemoji_cat.read_bytes(), "image/png"))],
+        data={"labels": json.dumps(labels), "top_k": str(top_k)},
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["model"] == printed["model"] and answer["templates"] == printed["templates"]

@@ -1,4 +1,5 @@
 """Embeddings, health, model info, metrics and the offline docs, on the default server."""
+
 from __future__ import annotations
 
 import re
@@ -15,11 +16,15 @@ PNG = image_bytes()
 
 def test_embed_text_as_given_and_with_template(server, tiny_checkpoint):
     clip, tokenizer = model.load_pretrained(tiny_checkpoint), model.load_tokenizer(tiny_checkpoint)
-    plain = httpx.post(f"{server.url}/embed/text", headers=AUTH, json={"texts": ["cat", "a red car"]}, timeout=30).json()
+    plain = httpx.post(
+        f"{server.url}/embed/text", headers=AUTH, json={"texts": ["cat", "a red car"]}, timeout=30
+    ).json()
     assert plain["texts"] == ["cat", "a red car"]
     expected = model.zero_shot.encode_texts(clip, tokenizer, ["cat", "a red car"])
     assert torch.allclose(torch.tensor(plain["embeddings"]), expected, atol=1e-5)
-    templated = httpx.post(f"{server.url}/embed/text", headers=AUTH, json={"texts": ["cat"], "template": "a photo of a {}."}, timeout=30)
+    templated = httpx.post(
+        f"{server.url}/embed/text", headers=AUTH, json={"texts": ["cat"], "template": "a photo of a {}."}, timeout=30
+    )
     assert templated.json()["texts"] == ["a photo of a cat."]
     empty = httpx.post(f"{server.url}/embed/text", headers=AUTH, json={"texts": []}, timeout=30)
     assert empty.status_code == 422 and empty.json()["error"] == "no_texts"
@@ -27,8 +32,12 @@ def test_embed_text_as_given_and_with_template(server, tiny_checkpoint):
 
 def test_embed_image_normalised_in_upload_order(server, tiny_checkpoint):
     other = image_bytes((10, 10, 240), format="JPEG")
-    response = httpx.post(f"{server.url}/embed/image", headers=AUTH, timeout=30,
-                          files=[("images", ("a.png", PNG)), ("images", ("b.jpg", other))])
+    response = httpx.post(
+        f"{server.url}/embed/image",
+        headers=AUTH,
+        timeout=30,
+        files=[("images", ("a.png", PNG)), ("images", ("b.jpg", other))],
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["filenames"] == ["a.png", "b.jpg"]
@@ -60,7 +69,7 @@ def test_metrics_count_requests_errors_images_and_cache(server):
         assert classify(server.url, [("a.png", PNG), ("b.png", PNG)], labels).status_code == 200
     classify(server.url, [("a.png", b"junk")], ["cat"])
     assert server.metric("clip_label_cache_misses_total") == before_misses + 2  # first time only
-    assert server.metric("clip_label_cache_hits_total") == before_hits + 2      # the repeat costs nothing
+    assert server.metric("clip_label_cache_hits_total") == before_hits + 2  # the repeat costs nothing
     assert server.metric("clip_images_classified_total") == before_images + 4
     assert server.metric('clip_requests_total{route="/classify",status="415"}') == before_415 + 1
     text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
@@ -86,6 +95,8 @@ def test_openapi_documents_fields_limits_errors_and_auth(server):
         assert status in operation["responses"], status
     assert "duplicate_label" in operation["responses"]["422"]["content"]["application/json"]["examples"]
     assert operation["security"] == [{"bearer": []}]
-    form = schema["components"]["schemas"][operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]]
+    form = schema["components"]["schemas"][
+        operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+    ]
     assert "CLIP_MAX_LABELS" in form["properties"]["labels"]["description"]
     assert "security" not in schema["paths"]["/healthz"]["get"]

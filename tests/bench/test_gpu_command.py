@@ -1,5 +1,6 @@
 """bench/gpu.sh --dry-run: every step of the GPU command runs on the CPU with tiny sizes, so the
 command cannot rot between the rare calls on a lent GPU host (bench/gpu/run.py)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ STEPS = ["environment", "training", "cuda_tests", "tower", "engine", "http"]
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gpu-dry-run")
-    completed = subprocess.run(["bash", "bench/gpu.sh", str(out), "--dry-run"], cwd=REPO, capture_output=True, text=True,
-                               timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    completed = subprocess.run(
+        ["bash", "bench/gpu.sh", str(out), "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return out
 
@@ -34,7 +41,7 @@ def test_every_step_runs_and_is_reported(dry_run):
 
 def test_what_comes_back_fits_the_hosts_limits(dry_run):
     files = sorted(path.name for path in dry_run.iterdir())
-    assert all(path.is_file() for path in dry_run.iterdir())          # nothing nested
+    assert all(path.is_file() for path in dry_run.iterdir())  # nothing nested
     assert len(files) <= 8 and all(path.stat().st_size <= 16 * 2**20 for path in dry_run.iterdir())
     assert {"results.json", "summary.md", "log.txt", "trained.json", "history.json"} <= set(files)
     assert any(name.startswith("trained-") and name.endswith(".pt") for name in files)
@@ -55,9 +62,14 @@ def test_the_training_step_trained_the_gpu_recipes_tower(dry_run):
 
 def test_a_step_that_fails_is_reported_and_the_others_still_run(tmp_path):
     """A planted failure: the training step without its bundle (no --dry-run: the real step on the CPU)."""
-    completed = subprocess.run(["bash", "bench/gpu.sh", str(tmp_path), "--only", "environment", "training"], cwd=REPO,
-                               capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "PYTHONPATH": "", "CLIP_GPU_CARRY": str(tmp_path / "no-carry")})
+    completed = subprocess.run(
+        ["bash", "bench/gpu.sh", str(tmp_path), "--only", "environment", "training"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": "", "CLIP_GPU_CARRY": str(tmp_path / "no-carry")},
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert completed.returncode == 1
     assert results["steps"]["environment"]["status"] == "ok"
@@ -69,17 +81,20 @@ def test_a_step_killed_at_its_cap_is_reported_with_what_it_had_measured(tmp_path
     """run.py's own step runner on a step that writes a figure, then hangs (ignoring SIGTERM)."""
     monkeypatch.syspath_prepend(str(REPO / "bench" / "gpu"))
     import run
+
     hanging = tmp_path / "hanging.py"
-    hanging.write_text("import json, signal, sys, time\n"
-                       "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                       "open(sys.argv[sys.argv.index('--result') + 1], 'w').write(json.dumps({'measured': 1}))\n"
-                       "print('measured one figure', flush=True)\n"
-                       "time.sleep(600)\n")
+    hanging.write_text(
+        "import json, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open(sys.argv[sys.argv.index('--result') + 1], 'w').write(json.dumps({'measured': 1}))\n"
+        "print('measured one figure', flush=True)\n"
+        "time.sleep(600)\n"
+    )
     out = tmp_path / "out"
     out.mkdir()
     context = run.Context(out, tmp_path, dry_run=True, log=run.Log(out / "log.txt"), caps={"hanging": 2})
     record = run.run_step(run.Step("hanging", 600, str(hanging), "writes a figure, then hangs"), context)
     assert record["status"] == "timed out" and record["exit_code"] is None and record["cap_seconds"] == 2
     assert record["figures"] == {"measured": 1}
-    assert 2 <= record["seconds"] < 2 + run.KILL_GRACE_SECONDS + 10      # SIGTERM ignored, so SIGKILL after the grace
+    assert 2 <= record["seconds"] < 2 + run.KILL_GRACE_SECONDS + 10  # SIGTERM ignored, so SIGKILL after the grace
     assert "measured one figure" in (out / "log.txt").read_text()

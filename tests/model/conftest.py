@@ -1,13 +1,14 @@
 """Fixtures for the training and evaluation tests: a few real emoji built by the dataset builder,
 and a MiniLM base checkpoint with a tiny image tower, each made once per session."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
 
-from model.convert.minilm import convert
 from model.config import VisionConfig
+from model.convert.minilm import convert
 from model.data import emoji_sources
 from model.data.emoji import EVERYDAY, build
 from model.data.emoji_sources import PACKAGES, default_cache_dir

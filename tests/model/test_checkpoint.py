@@ -1,4 +1,5 @@
 """Checkpoint directory round trip and every load error, each with a clear CheckpointError."""
+
 import json
 import shutil
 from pathlib import Path
@@ -28,11 +29,33 @@ def outputs(clip, tokenizer):
 
 def test_round_trip_gives_identical_outputs(tmp_path, vocab_path):
     torch.manual_seed(3)
-    original = model.CLIP(model.CLIPConfig.from_dict({
-        "vision": {"image_size": 32, "patch_size": 8, "width": 32, "num_layers": 1, "num_heads": 2, "mlp_dim": 64},
-        "text": {"width": 32, "num_layers": 1, "num_heads": 2, "mlp_dim": 64, "max_len": 32, "context_length": 32, "positions": "learned",
-                 "embedding_norm": True, "activation": "gelu"},
-        "embed_dim": 16, "projection_bias": True})).eval()
+    original = model.CLIP(
+        model.CLIPConfig.from_dict(
+            {
+                "vision": {
+                    "image_size": 32,
+                    "patch_size": 8,
+                    "width": 32,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                    "mlp_dim": 64,
+                },
+                "text": {
+                    "width": 32,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                    "mlp_dim": 64,
+                    "max_len": 32,
+                    "context_length": 32,
+                    "positions": "learned",
+                    "embedding_norm": True,
+                    "activation": "gelu",
+                },
+                "embed_dim": 16,
+                "projection_bias": True,
+            }
+        )
+    ).eval()
     tokenizer = model.Tokenizer(vocab_path, 32, 30522)
     model.save_pretrained(original, tokenizer, tmp_path / "ckpt")
     loaded, loaded_tokenizer = model.load_pretrained(tmp_path / "ckpt"), model.load_tokenizer(tmp_path / "ckpt")
@@ -87,9 +110,13 @@ def test_missing_and_unexpected_keys_are_named(checkpoint):
     def edit(weights):
         del weights["image_encoder.cls_token"]
         weights["image_encoder.extra_head.weight"] = torch.zeros(2)
+
     edit_weights(checkpoint, edit)
-    with pytest.raises(model.CheckpointError, match=r"1 missing key\(s\): image_encoder.cls_token; "
-                                                   r"1 unexpected key\(s\): image_encoder.extra_head.weight"):
+    with pytest.raises(
+        model.CheckpointError,
+        match=r"1 missing key\(s\): image_encoder.cls_token; "
+        r"1 unexpected key\(s\): image_encoder.extra_head.weight",
+    ):
         model.load_pretrained(checkpoint)
 
 
@@ -97,7 +124,9 @@ def test_shape_mismatch_is_named(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
     config["embed_dim"] = 20
     (checkpoint / "config.json").write_text(json.dumps(config))
-    with pytest.raises(model.CheckpointError, match=r"shape mismatch.*image_projection.weight \(24, 32\) vs \(20, 32\)"):
+    with pytest.raises(
+        model.CheckpointError, match=r"shape mismatch.*image_projection.weight \(24, 32\) vs \(20, 32\)"
+    ):
         model.load_pretrained(checkpoint)
 
 
@@ -117,11 +146,15 @@ def test_weights_sha256_names_the_weights(tmp_path, vocab_path, tiny_checkpoint)
     assert digest != model.weights_sha256(other)
 
 
-@pytest.mark.parametrize("header, words", [
-    (b"[]", "not a JSON object"),
-    (b'{"logit_scale": {"dtype": "F32", "shape": [], "data_offsets": [-4, 0]}}', "do not fit"),
-    (b'{"logit_scale": {"dtype": "F32", "shape": "x"}}', "malformed"),
-    (b'{"logit_scale": {"dtype": "Q4", "shape": [], "data_offsets": [0, 4]}}', "not a float or int type")])
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        (b"[]", "not a JSON object"),
+        (b'{"logit_scale": {"dtype": "F32", "shape": [], "data_offsets": [-4, 0]}}', "do not fit"),
+        (b'{"logit_scale": {"dtype": "F32", "shape": "x"}}', "malformed"),
+        (b'{"logit_scale": {"dtype": "Q4", "shape": [], "data_offsets": [0, 4]}}', "not a float or int type"),
+    ],
+)
 def test_a_malformed_safetensors_header_is_a_checkpoint_error(tiny_checkpoint, tmp_path, header, words):
     for name in ("config.json", "vocab.txt"):
         (tmp_path / name).write_bytes((tiny_checkpoint / name).read_bytes())

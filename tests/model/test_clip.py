@@ -1,4 +1,5 @@
 """The CLIP head: projections, normalisation, the clamped temperature."""
+
 import math
 
 import pytest
@@ -16,10 +17,14 @@ def test_projections_and_normalisation_against_plain_math(bias):
     assert (clip.image_projection.bias is not None) == bias
     pixels, ids = torch.randn(2, 3, 32, 32), torch.randint(1000, 30522, (3, 5))
     with torch.no_grad():
-        image = F.normalize(clip.image_encoder(pixels) @ clip.image_projection.weight.t()
-                            + (clip.image_projection.bias if bias else 0), dim=-1)
-        text = F.normalize(clip.text_encoder(ids) @ clip.text_projection.weight.t()
-                           + (clip.text_projection.bias if bias else 0), dim=-1)
+        image = F.normalize(
+            clip.image_encoder(pixels) @ clip.image_projection.weight.t() + (clip.image_projection.bias if bias else 0),
+            dim=-1,
+        )
+        text = F.normalize(
+            clip.text_encoder(ids) @ clip.text_projection.weight.t() + (clip.text_projection.bias if bias else 0),
+            dim=-1,
+        )
         assert torch.allclose(clip.encode_image(pixels), image, atol=1e-6)
         assert torch.allclose(clip.encode_text(ids), text, atol=1e-6)
         logits_per_image, logits_per_text = clip(pixels, ids)

@@ -1,4 +1,5 @@
 """The FLAVA converter against transformers' own FLAVA (a tiny random one, nothing downloaded)."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,23 @@ from model.convert.__main__ import main as convert_main
 transformers = pytest.importorskip("transformers")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_TEXT = dict(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=32, max_position_embeddings=80)
-TINY_IMAGE = dict(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=48, vocab_size=64)
+TINY_TEXT = dict(
+    vocab_size=30522,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=80,
+)
+TINY_IMAGE = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=48,
+    vocab_size=64,
+)
 TINY_MULTIMODAL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
 TINY_CODEBOOK = dict(hidden_size=8, num_groups=1, num_blocks_per_group=1, vocab_size=64)
 # FlavaForPreTraining's layout gets a logit_scale above ln 100 (clamped), FlavaModel's one below.
@@ -50,9 +64,14 @@ def pictures() -> list[Image.Image]:
 def reference():
     """transformers' FlavaForPreTraining, tiny, every parameter randomised (its init zeroes the CLS
     token and positions and sets LayerNorms to 1/0, which would hide a swapped mapping)."""
-    config = transformers.FlavaConfig(text_config=TINY_TEXT, image_config=TINY_IMAGE,
-                                      multimodal_config=TINY_MULTIMODAL, image_codebook_config=TINY_CODEBOOK,
-                                      projection_dim=20, hidden_size=16)
+    config = transformers.FlavaConfig(
+        text_config=TINY_TEXT,
+        image_config=TINY_IMAGE,
+        multimodal_config=TINY_MULTIMODAL,
+        image_codebook_config=TINY_CODEBOOK,
+        projection_dim=20,
+        hidden_size=16,
+    )
     torch.manual_seed(0)
     pretraining = transformers.FlavaForPreTraining(config).eval()
     with torch.no_grad():
@@ -95,8 +114,10 @@ def reference_embeddings(flava_model, pixels, ids, mask):
     with torch.no_grad():
         image = flava_model.image_model(pixel_values=pixels).last_hidden_state[:, 0]
         text = flava_model.text_model(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, 0]
-        return (F.normalize(flava_model.image_projection(image), dim=-1),
-                F.normalize(flava_model.text_projection(text), dim=-1))
+        return (
+            F.normalize(flava_model.image_projection(image), dim=-1),
+            F.normalize(flava_model.text_projection(text), dim=-1),
+        )
 
 
 @pytest.mark.parametrize("layout", ["pretraining", "model"])
@@ -104,8 +125,13 @@ def reference_embeddings(flava_model, pixels, ids, mask):
 def test_converted_flava_matches_transformers(reference, sources, tmp_path, layout, weights_format):
     out = tmp_path / "converted"
     if (layout, weights_format) == ("pretraining", "safetensors"):  # the real command line, once
-        run = subprocess.run([sys.executable, "-m", "model.convert", "flava", str(sources[layout, weights_format]),
-                              str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "model.convert", "flava", str(sources[layout, weights_format]), str(out)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         assert f"wrote {out}" in run.stdout
     else:
@@ -152,6 +178,7 @@ def test_preprocessing_matches_flavas_image_processor(tmp_path):
 
 # --- refusals ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def source_copy(sources, tmp_path):
     directory = tmp_path / "source"
@@ -167,7 +194,9 @@ def edit_weights(directory: Path, change) -> None:
 
 def test_refuses_a_directory_without_weights(source_copy, tmp_path):
     (source_copy / "model.safetensors").unlink()
-    with pytest.raises(model.CheckpointError, match="no FLAVA weights: expected model.safetensors or pytorch_model.bin"):
+    with pytest.raises(
+        model.CheckpointError, match="no FLAVA weights: expected model.safetensors or pytorch_model.bin"
+    ):
         flava.convert(source_copy, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -188,7 +217,9 @@ def test_refuses_a_vocabulary_of_another_size(source_copy, vocab_path, tmp_path)
 
 
 def test_refuses_missing_keys(source_copy, tmp_path):
-    edit_weights(source_copy, lambda weights: weights.pop("flava.text_model.encoder.layer.1.attention.attention.key.bias"))
+    edit_weights(
+        source_copy, lambda weights: weights.pop("flava.text_model.encoder.layer.1.attention.attention.key.bias")
+    )
     with pytest.raises(model.CheckpointError, match="lack 'text_model.encoder.layer.1.attention.attention.key.bias'"):
         flava.convert(source_copy, tmp_path / "out")
 
@@ -196,8 +227,11 @@ def test_refuses_missing_keys(source_copy, tmp_path):
 def test_refuses_unexpected_keys_but_drops_the_listed_ones(source_copy, tmp_path):
     def add_unknown(weights):
         weights["flava.text_model.encoder.layer.1.adapter.weight"] = torch.zeros(2)
+
     edit_weights(source_copy, add_unknown)
-    with pytest.raises(model.CheckpointError, match="1 unexpected key\\(s\\): text_model.encoder.layer.1.adapter.weight"):
+    with pytest.raises(
+        model.CheckpointError, match="1 unexpected key\\(s\\): text_model.encoder.layer.1.adapter.weight"
+    ):
         flava.convert(source_copy, tmp_path / "out")
 
 

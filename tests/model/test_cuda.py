@@ -3,6 +3,7 @@
 CLIP_TEST_CUDA_DEVICE=cpu runs them with the CPU standing in for the GPU (same code, half
 precision too): the dry run that proves these tests work where no GPU is (tests/conftest.py).
 """
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """clip-eval on real images: a folder set, the emoji index, and the shipped model's card figures."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import torch
 import model
 from model import eval as clip_eval
 from model.data import emoji
-from model.data.emoji_sources import EMOJIBASE, extract
 from model.data.emoji_catalog import TEST_STYLE, load_concepts
+from model.data.emoji_sources import EMOJIBASE, extract
 from model.data.index import write_index
 
 SHIPPED = Path(model.__file__).parent / "weights" / "emoji-clip"
@@ -45,7 +46,7 @@ def test_folder_set_scores_match_a_direct_computation(tiny_checkpoint, folder_se
 
 
 def test_scores_top1_top5_and_groups():
-    classes = torch.eye(6)                        # so an image's row is its score for each class
+    classes = torch.eye(6)  # so an image's row is its score for each class
     images = torch.tensor([[6.0, 5, 4, 3, 2, 1], [6, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6]])
     result = clip_eval.scores(images, [0, 2, 0], classes, ["a", "a", "b"])  # right; third; last of six
     assert result["top1"] == pytest.approx(100 / 3, abs=0.01)
@@ -69,6 +70,7 @@ def test_cli_says_what_to_fix_for_a_folder_without_class_folders(tiny_checkpoint
 
 # ----------------------------------------------------------------------------- the shipped model
 
+
 @pytest.fixture(scope="module")
 def twemoji_test_set(emoji_cache, tmp_path_factory):
     """DATA_DIR with only the Twemoji images of every concept (PNGs copied, nothing rendered),
@@ -88,8 +90,8 @@ def card_figures() -> dict[str, float]:
     """The model card's evaluation table (the first table of its "## Evaluation" section, so the
     card's other tables never count): row name -> top-1 (and top-5) figures."""
     card = (SHIPPED / "README.md").read_text()
-    section = card[card.index("\n## Evaluation"):]
-    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    section = card[card.index("\n## Evaluation") :]
+    section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
     table = re.search(r"^\| set \|.*?(?=\n\n)", section, flags=re.M | re.S).group(0)
     figures = {}
     for row in re.findall(r"^\| ([^|]+?) \| (\d+) \| ([\d.]+)[^|]*\| ([\d.]*) *\|", table, flags=re.M):
@@ -121,7 +123,9 @@ def test_shipped_model_calls_a_twemoji_cat_a_cat_among_the_ten_everyday_labels(t
     clip, tokenizer = model.load_pretrained(SHIPPED), model.load_tokenizer(SHIPPED)
     labels = ["cat", "dog", "pizza", "car", "house", "tree", "rocket", "apple", "ball", "book"]
     classes = model.zero_shot.label_embeddings(clip, tokenizer, labels, clip.config.zero_shot_templates)
-    pixels = model.preprocess_images([model.load_image(twemoji_test_set / "images" / TEST_STYLE / "1F431.png")], clip.config)
+    pixels = model.preprocess_images(
+        [model.load_image(twemoji_test_set / "images" / TEST_STYLE / "1F431.png")], clip.config
+    )
     with torch.inference_mode():
         probabilities = clip.similarity_logits(clip.encode_image(pixels), classes).softmax(dim=-1)[0]
     assert labels[probabilities.argmax()] == "cat"

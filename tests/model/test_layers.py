@@ -1,4 +1,5 @@
 """The attention and block math against plain, explicit reference math."""
+
 import math
 
 import torch
@@ -40,6 +41,8 @@ def test_transformer_block_is_pre_layernorm_with_residuals():
     x = torch.randn(2, 5, 32)
     h = x + plain_attention(block.attn, F.layer_norm(x, (32,), block.norm1.weight, block.norm1.bias, 1e-12))
     n = F.layer_norm(h, (32,), block.norm2.weight, block.norm2.bias, 1e-12)
-    expected = h + F.linear(F.gelu(F.linear(n, block.mlp.fc1.weight, block.mlp.fc1.bias)), block.mlp.fc2.weight, block.mlp.fc2.bias)
+    expected = h + F.linear(
+        F.gelu(F.linear(n, block.mlp.fc1.weight, block.mlp.fc1.bias)), block.mlp.fc2.weight, block.mlp.fc2.bias
+    )
     assert block.norm1.eps == 1e-12
     assert torch.allclose(block(x), expected, atol=1e-5)

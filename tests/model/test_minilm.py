@@ -1,4 +1,5 @@
 """The MiniLM text tower reproduces all-MiniLM-L6-v2's own sentence embeddings."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,8 +8,14 @@ import model
 from model.convert.__main__ import main as convert_main
 from model.convert.minilm import package_dir
 
-SENTENCES = ["A cat sits on the mat.", "a photo of a dog", "Rockets fly to the moon!",
-             "naïve café, déjà vu", "x", "the quick brown fox jumps over the lazy dog " * 3]
+SENTENCES = [
+    "A cat sits on the mat.",
+    "a photo of a dog",
+    "Rockets fly to the moon!",
+    "naïve café, déjà vu",
+    "x",
+    "the quick brown fox jumps over the lazy dog " * 3,
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Decoding and preprocessing on real Pillow images, checked by pixel values."""
+
 import io
 import struct
 import subprocess
@@ -110,11 +111,14 @@ def test_large_jpeg_decodes_through_draft():
     assert reduced.size == (512, 384)  # the largest JPEG scale (1/4) that still covers 224 x 224
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"definitely not an image", "not an image"),
-    (encoded(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60], "could not be decoded|not an image"),
-    (encoded(Image.new("RGB", (256, 256)), "JPEG")[:300], "could not be decoded"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"definitely not an image", "not an image"),
+        (encoded(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60], "could not be decoded|not an image"),
+        (encoded(Image.new("RGB", (256, 256)), "JPEG")[:300], "could not be decoded"),
+    ],
+)
 def test_corrupt_or_truncated_files_raise_image_error(data, message):
     with pytest.raises(model.ImageError, match=message):
         model.load_image(data)
@@ -133,14 +137,14 @@ def png_claiming(width: int, height: int) -> bytes:
     Image.new("L", (1, 1)).save(buffer, format="PNG")
     data = bytearray(buffer.getvalue())
     header = 8 + 4  # signature, then the IHDR chunk's length
-    data[header + 4:header + 12] = struct.pack(">II", width, height)
-    data[header + 17:header + 21] = struct.pack(">I", zlib.crc32(bytes(data[header:header + 17])))
+    data[header + 4 : header + 12] = struct.pack(">II", width, height)
+    data[header + 17 : header + 21] = struct.pack(">I", zlib.crc32(bytes(data[header : header + 17])))
     return bytes(data)
 
 
 def test_a_decompression_bomb_is_refused_with_the_configured_limit_not_pillows():
     with pytest.raises(model.ImageTooLargeError) as refused:
-        model.load_image(png_claiming(20_000, 10_000), max_pixels=40_000_000)   # over Pillow's 178,956,970 too
+        model.load_image(png_claiming(20_000, 10_000), max_pixels=40_000_000)  # over Pillow's 178,956,970 too
     assert str(refused.value) == "the upload has 200000000 pixels, over the limit of 40000000"
 
 

@@ -1,4 +1,5 @@
 """The seed's own code (../shared/seed/seed_clip.py) against ours, weight for weight."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,19 @@ SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "seed"
 sys.path.insert(0, str(SEED_DIR))
 seed_clip = pytest.importorskip("seed_clip", reason=f"the seed's code is not at {SEED_DIR}")
 
-SEED_KWARGS = dict(image_size=32, patch_size=8, embed_dim=64, num_heads=4, num_layers=2, mlp_hidden_dim=128,
-                   d_model=64, text_num_layers=2, text_num_heads=4, text_d_ff=128, max_len=40)
+SEED_KWARGS = dict(
+    image_size=32,
+    patch_size=8,
+    embed_dim=64,
+    num_heads=4,
+    num_layers=2,
+    mlp_hidden_dim=128,
+    d_model=64,
+    text_num_layers=2,
+    text_num_heads=4,
+    text_d_ff=128,
+    max_len=40,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +55,11 @@ def test_seed_state_dict_loads_strictly_and_matches(seed_model):
     with torch.no_grad():
         assert torch.allclose(ours.image_encoder(pixels), seed_model.image_encoder(pixels), atol=1e-5)
         assert torch.allclose(ours.text_encoder(ids), seed_text_as_intended(seed_model, ids), atol=1e-5)
-        reference = seed_model.logit_scale.exp() * F.normalize(seed_model.image_encoder(pixels), dim=-1) @ \
-            F.normalize(seed_text_as_intended(seed_model, ids), dim=-1).t()
+        reference = (
+            seed_model.logit_scale.exp()
+            * F.normalize(seed_model.image_encoder(pixels), dim=-1)
+            @ F.normalize(seed_text_as_intended(seed_model, ids), dim=-1).t()
+        )
         logits_per_image, logits_per_text = ours(pixels, ids)
     assert torch.allclose(logits_per_image, reference, atol=1e-4)
     assert torch.equal(logits_per_text, logits_per_image.t())
@@ -64,14 +79,29 @@ def test_seed_as_written_mixes_texts_of_a_batch_and_ours_does_not(seed_model):
 
 def test_convert_seed_cli(seed_model, tmp_path, vocab_path):
     torch.save(seed_model.state_dict(), tmp_path / "seed.pt")
-    result = subprocess.run([sys.executable, "-m", "model.convert", "seed", str(tmp_path / "seed.pt"), str(tmp_path / "out"),
-                             "--seed-kwargs", json.dumps(SEED_KWARGS), "--vocab", str(vocab_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.convert",
+            "seed",
+            str(tmp_path / "seed.pt"),
+            str(tmp_path / "out"),
+            "--seed-kwargs",
+            json.dumps(SEED_KWARGS),
+            "--vocab",
+            str(vocab_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     clip = model.load_pretrained(tmp_path / "out")
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(clip.encode_image(pixels), F.normalize(seed_model.image_encoder(pixels), dim=-1), atol=1e-5)
+        assert torch.allclose(
+            clip.encode_image(pixels), F.normalize(seed_model.image_encoder(pixels), dim=-1), atol=1e-5
+        )
     assert clip.logit_scale.item() == pytest.approx(3.0)
 
 

@@ -1,4 +1,5 @@
 """The text tower against a plain-math reference, option by option, and padding invariance."""
+
 import math
 
 import pytest
@@ -66,8 +67,9 @@ OPTIONS = {
     "pre-LN with final norm": dict(pre_norm=True),
     "cls pooling": dict(pooling="cls"),
     "minilm-like": dict(activation="gelu", layer_norm_eps=1e-12, positions="learned", embedding_norm=True),
-    "flava-like": dict(activation="gelu", layer_norm_eps=1e-12, positions="learned", embedding_norm=True,
-                       pre_norm=True, pooling="cls"),
+    "flava-like": dict(
+        activation="gelu", layer_norm_eps=1e-12, positions="learned", embedding_norm=True, pre_norm=True, pooling="cls"
+    ),
 }
 
 
@@ -92,7 +94,7 @@ def test_padding_invariance(options, training):
     ids, mask = padded_batch()
     with torch.no_grad():
         batched = encoder(ids, mask)
-        alone = torch.cat([encoder(ids[i:i + 1, : int(mask[i].sum())]) for i in range(3)])
+        alone = torch.cat([encoder(ids[i : i + 1, : int(mask[i].sum())]) for i in range(3)])
     assert torch.allclose(batched, alone, atol=1e-5)
 
 
@@ -100,4 +102,6 @@ def test_sinusoidal_positions_are_the_seeds_formula():
     table = PositionalEncoding(8, 16).pe[0]
     position, index = 5, 2  # even column 2i: sin(pos / 10000^(2i/d))
     assert table[position, 2 * index].item() == pytest.approx(math.sin(position / 10000 ** (2 * index / 8)), abs=1e-6)
-    assert table[position, 2 * index + 1].item() == pytest.approx(math.cos(position / 10000 ** (2 * index / 8)), abs=1e-6)
+    assert table[position, 2 * index + 1].item() == pytest.approx(
+        math.cos(position / 10000 ** (2 * index / 8)), abs=1e-6
+    )

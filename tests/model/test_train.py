@@ -1,5 +1,6 @@
 """clip-train on real emoji from the builder: pack, a few steps that lower the loss, resume,
 the torch-and-numpy-only bundle run, assemble, and torchrun with two gloo processes."""
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,8 @@ import model
 from model import train
 from model.augment import AugmentConfig, augment, jpeg_artifacts
 from model.bundle import MAX_BUNDLE_BYTES, Bundle, load_bundle, pack, pooled_text_features
-from model.errors import ConfigError
 from model.data.index import read_index
+from model.errors import ConfigError
 from model.recipe import Recipe
 from tests.model.conftest import TINY_EMBED_DIM, TINY_VISION
 
@@ -27,8 +28,15 @@ QUIET = dict(blur=0.0, noise=0.0, jpeg=0.0, white_background=1.0, scale=(1.0, 1.
 
 
 def tiny_recipe(**changes) -> Recipe:
-    return Recipe(vision=TINY_VISION, embed_dim=TINY_EMBED_DIM, batch_size=8, epochs=2, warmup_steps=2,
-                  learning_rate=3e-3, **changes)
+    return Recipe(
+        vision=TINY_VISION,
+        embed_dim=TINY_EMBED_DIM,
+        batch_size=8,
+        epochs=2,
+        warmup_steps=2,
+        learning_rate=3e-3,
+        **changes,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +50,13 @@ def test_bundle_holds_the_training_split_and_the_text_towers_pooled_features(bun
     train_records = [r for r in records if r["split"] == "train" and r["variant"] == r["concept"]]
     assert len(bundle.train_images) == len(train_records) > 0
     assert bundle.train_images.shape[1:] == (4, 32, 32) and bundle.train_images.dtype == torch.uint8
-    assert len(bundle.val_images) == sum(r["split"] in ("val", "val_unseen") and r["variant"] == r["concept"] for r in records)
+    assert len(bundle.val_images) == sum(
+        r["split"] in ("val", "val_unseen") and r["variant"] == r["concept"] for r in records
+    )
     assert len(bundle.class_features) == len({r["concept"] for r in records})
     # the cached features are exactly what the frozen text tower gives for the image's captions
     clip, tokenizer = model.load_pretrained(minilm_base), model.load_tokenizer(minilm_base)
-    rows = bundle.caption_index[bundle.caption_offsets[0]:bundle.caption_offsets[1]]
+    rows = bundle.caption_index[bundle.caption_offsets[0] : bundle.caption_offsets[1]]
     expected = pooled_text_features(clip, tokenizer, train_records[0]["captions"])
     assert len(rows) == len(train_records[0]["captions"])
     torch.testing.assert_close(bundle.caption_features[rows], torch.from_numpy(expected).float())
@@ -84,20 +94,49 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(bundle_path, 
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
 
 
-def test_bundle_training_needs_only_torch_and_numpy_then_assemble_makes_a_checkpoint(bundle_path, emoji_data, minilm_base, tmp_path):
+def test_bundle_training_needs_only_torch_and_numpy_then_assemble_makes_a_checkpoint(
+    bundle_path, emoji_data, minilm_base, tmp_path
+):
     run_dir, checkpoint = tmp_path / "run", tmp_path / "checkpoint"
-    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('PIL', 'tokenizers', 'safetensors', 'transformers')]"
+    blocked = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('PIL', 'tokenizers', 'safetensors', 'transformers')]"
+    )
     command = f"{blocked}; import runpy; runpy.run_module('model.train', run_name='__main__')"
-    subprocess.run([sys.executable, "-c", command, "--bundle", str(bundle_path), "--out", str(run_dir), "--max-steps", "3",
-                    "--threads", "1"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            command,
+            "--bundle",
+            str(bundle_path),
+            "--out",
+            str(run_dir),
+            "--max-steps",
+            "3",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        timeout=300,
+    )
     index = json.loads((run_dir / train.TRAINED_INDEX).read_text())
     outputs = {p.name for p in run_dir.iterdir()}
     assert outputs == {*index["shards"], train.TRAINED_INDEX, train.HISTORY_FILE, train.RESUME_FILE}
     assert all((run_dir / name).stat().st_size <= train.MAX_SHARD_BYTES for name in index["shards"])
     _, trained = train.load_trained(run_dir)
-    assert {name.split(".")[0] for name in trained} == {"image_encoder", "image_projection", "text_projection", "logit_scale"}
+    assert {name.split(".")[0] for name in trained} == {
+        "image_encoder",
+        "image_projection",
+        "text_projection",
+        "logit_scale",
+    }
 
-    assert train.main(["assemble", str(run_dir), str(checkpoint), "--data", str(emoji_data), "--base", str(minilm_base)]) == 0
+    assert (
+        train.main(["assemble", str(run_dir), str(checkpoint), "--data", str(emoji_data), "--base", str(minilm_base)])
+        == 0
+    )
     clip, base = model.load_pretrained(checkpoint), model.load_pretrained(minilm_base)
     for name, tensor in clip.state_dict().items():
         expected = trained[name] if name in trained else base.state_dict()[name]
@@ -119,9 +158,29 @@ def test_trained_tensors_are_sharded_under_the_size_limit(tmp_path, monkeypatch)
 
 def test_torchrun_two_gloo_processes_train_two_steps(bundle_path, tmp_path):
     run_dir = tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "model.train", "--bundle", str(bundle_path), "--out", str(run_dir), "--max-steps", "2", "--threads", "1"],
-                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "model.train",
+            "--bundle",
+            str(bundle_path),
+            "--out",
+            str(run_dir),
+            "--max-steps",
+            "2",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        timeout=300,
+    )
     history = json.loads((run_dir / train.HISTORY_FILE).read_text())
     assert history[-1]["step"] == 2
     _, trained = train.load_trained(run_dir)
@@ -172,9 +231,17 @@ def two_image_bundle() -> Bundle:
     """Image 0 (concept 0) has captions 0 and 1, image 1 (concept 1) captions 0 and 2: caption 0
     is shared by two concepts, 1 and 2 are each their own concept's. Concept 2 has no image."""
     features = torch.eye(3)
-    return Bundle(Recipe(), torch.zeros((2, 4, 8, 8), dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 2, 4]),
-                  torch.tensor([0, 1, 0, 2]), features, torch.zeros((0, 4, 8, 8), dtype=torch.uint8),
-                  torch.zeros(0, dtype=torch.long), features)
+    return Bundle(
+        Recipe(),
+        torch.zeros((2, 4, 8, 8), dtype=torch.uint8),
+        torch.tensor([0, 1]),
+        torch.tensor([0, 2, 4]),
+        torch.tensor([0, 1, 0, 2]),
+        features,
+        torch.zeros((0, 4, 8, 8), dtype=torch.uint8),
+        torch.zeros(0, dtype=torch.long),
+        features,
+    )
 
 
 @pytest.mark.parametrize("sampling, expected_share", [("uniform", 1 / 2), ("specific", 2 / 3)])
@@ -201,7 +268,9 @@ def test_concept_loss_classes_are_the_seen_concepts_only():
 def test_concept_loss_enters_the_training_loss_and_falls(bundle_path, tmp_path):
     """Same seed, same batches: the weighted concept term changes the loss, and training lowers it."""
     plain = train.train_bundle(bundle_path, tmp_path / "plain", {"epochs": 4, "augment": QUIET})
-    with_concepts = train.train_bundle(bundle_path, tmp_path / "concepts", {"epochs": 4, "augment": QUIET, "concept_loss_weight": 1.0})
+    with_concepts = train.train_bundle(
+        bundle_path, tmp_path / "concepts", {"epochs": 4, "augment": QUIET, "concept_loss_weight": 1.0}
+    )
     plain_history = json.loads((plain / train.HISTORY_FILE).read_text())
     concept_history = json.loads((with_concepts / train.HISTORY_FILE).read_text())
     assert concept_history[-1]["loss"] != plain_history[-1]["loss"]
@@ -210,15 +279,15 @@ def test_concept_loss_enters_the_training_loss_and_falls(bundle_path, tmp_path):
 
 def test_a_time_budget_sizes_the_schedule_from_the_timed_steps():
     now = [0.0]
-    budget = train.TimeBudget(100.0, torch.device("cpu"), clock=lambda: now[0])   # started at t = 0
+    budget = train.TimeBudget(100.0, torch.device("cpu"), clock=lambda: now[0])  # started at t = 0
     sized = {}
     for step in range(1, 40):
-        now[0] += 0.5 if step <= train.TimeBudget.UNTIMED_STEPS else 0.25    # slow warm-up steps, then 0.25 s each
+        now[0] += 0.5 if step <= train.TimeBudget.UNTIMED_STEPS else 0.25  # slow warm-up steps, then 0.25 s each
         sized[step] = budget.total_steps(step, first_step=0)
     # timed: steps 6..25 at 0.25 s; at step 25 the clock reads 5 * 0.5 + 20 * 0.25 = 7.5 s, so the
     # 90 s the budget allows (10 % kept back) leave 82.5 s: 330 more steps
     assert sized[25] == 25 + 330
-    assert all(value is None for step, value in sized.items() if step != 25)        # sized once only
+    assert all(value is None for step, value in sized.items() if step != 25)  # sized once only
 
 
 def test_a_time_budget_ends_the_run_at_the_end_of_its_sized_schedule(bundle_path, tmp_path, monkeypatch):
@@ -229,8 +298,8 @@ def test_a_time_budget_ends_the_run_at_the_end_of_its_sized_schedule(bundle_path
     history = json.loads((run / train.HISTORY_FILE).read_text())
     state = torch.load(run / train.RESUME_FILE, weights_only=True)
     schedule = state["scheduler"]["lr_lambdas"][0]
-    assert schedule["total_steps"] == history[-1]["step"]             # sized, then followed to its end
-    assert state["scheduler"]["_last_lr"][0] < 0.02 * 3e-3            # the cosine ran down (lr 3e-3 at its peak)
+    assert schedule["total_steps"] == history[-1]["step"]  # sized, then followed to its end
+    assert state["scheduler"]["_last_lr"][0] < 0.02 * 3e-3  # the cosine ran down (lr 3e-3 at its peak)
     assert history[-1]["val_top1"] is not None and train.load_trained(run)[1]
 
 
@@ -243,9 +312,15 @@ def test_save_every_validates_and_saves_only_when_due_and_always_last(bundle_pat
 def test_the_gpu_recipe_trains_on_the_cpu_for_a_few_steps(bundle_path, tmp_path):
     recipe = json.loads((REPO / "model" / "weights" / "emoji-clip" / "recipe-gpu.json").read_text())
     vision = {**recipe["vision"], "image_size": 32}  # the test bundle is 32 px
-    run = train.train_bundle(bundle_path, tmp_path, {**recipe, "vision": vision, "batch_size": 8, "max_steps": 2,
-                                                     "warmup_steps": 1, "embed_dim": TINY_EMBED_DIM})
+    run = train.train_bundle(
+        bundle_path,
+        tmp_path,
+        {**recipe, "vision": vision, "batch_size": 8, "max_steps": 2, "warmup_steps": 1, "embed_dim": TINY_EMBED_DIM},
+    )
     trained_recipe, tensors = train.load_trained(run)
-    assert trained_recipe.vision["width"] == recipe["vision"]["width"] and trained_recipe.max_seconds == recipe["max_seconds"]
+    assert (
+        trained_recipe.vision["width"] == recipe["vision"]["width"]
+        and trained_recipe.max_seconds == recipe["max_seconds"]
+    )
     assert json.loads((run / train.HISTORY_FILE).read_text())[-1]["step"] == 2
     assert all(torch.isfinite(t).all() for t in tensors.values())

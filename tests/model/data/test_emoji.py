@@ -127,6 +127,7 @@ def test_licenses_ship_with_the_images(built):
 
 # ----------------------------------------------------------------------------- paraphrases
 
+
 def test_paraphrases_name_real_concepts(cache_dir):
     paraphrases = load_paraphrases()
     assert len(paraphrases) >= 40
@@ -161,6 +162,7 @@ def test_check_paraphrases_names_offenders(built, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- splits and names
 
+
 def test_about_a_tenth_of_all_concepts_are_unseen(cache_dir):
     concepts = load_concepts(emoji_sources.extract(EMOJIBASE, cache_dir))
     fraction = sum(is_unseen(c.hexcode) for c in concepts) / len(concepts)
@@ -180,6 +182,7 @@ def test_strip_fe0f():
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 def _fake_tarball(path, name, version):
     manifest = json.dumps({"name": name, "version": version}).encode()
@@ -208,6 +211,7 @@ def test_missing_npm_is_reported(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the index format
+
 
 def test_read_index_accepts_a_single_caption_and_refuses_records_without_one(tmp_path):
     index = tmp_path / "index.jsonl"

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -90,7 +91,7 @@ def classify_files(
     from .main import check_startup
     from .service import ZeroShotService
 
-    overrides = {"checkpoint": checkpoint} if checkpoint else {}
+    overrides: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint else {}
     settings = Settings(**overrides, batch_wait_ms=0, max_images=max(len(paths), 1), max_queue=max(len(paths), 1))
     check_startup(settings)
     uploads = [(str(path), path.read_bytes()) for path in paths]

@@ -181,8 +181,9 @@ class ZeroShotEngine:
         embeddings = self.encode_images(pixels)
         distinct = list({id(classes): classes for classes in class_sets if classes is not None}.values())
         columns = _column_ranges(distinct)
-        logits = self._device_logits(embeddings, torch.cat(distinct)).cpu() if distinct else None
-        vectors = embeddings.float().cpu() if any(classes is None for classes in class_sets) else None
+        unused = torch.empty(0)  # stands in for a result no image of this batch reads
+        logits = self._device_logits(embeddings, torch.cat(distinct)).cpu() if distinct else unused
+        vectors = embeddings.float().cpu() if any(classes is None for classes in class_sets) else unused
         return [
             vectors[image] if classes is None else logits[image, columns[id(classes)]]
             for image, classes in enumerate(class_sets)

@@ -46,7 +46,8 @@ def clean_labels(labels: Sequence[str], settings: Settings) -> list[str]:
         raise InvalidInput("no labels: send at least one class name in 'labels'", "no_labels")
     if len(labels) > settings.max_labels:
         raise InvalidInput(f"{len(labels)} labels, more than the limit of {settings.max_labels}", "too_many_labels")
-    cleaned, seen = [], {}
+    cleaned: list[str] = []
+    seen: dict[str, str] = {}
     for position, label in enumerate(labels):
         check_unicode(label, f"label {position + 1}")
         label = " ".join(label.split())

@@ -55,7 +55,7 @@ class ZeroShotService:
             if self.on_failure is not None:
                 self.on_failure()
             return
-        self.batcher = DynamicBatcher(
+        self.batcher = batcher = DynamicBatcher(
             self.engine.run_batch,
             self._model_thread,
             max_batch=self.settings.max_batch,
@@ -63,8 +63,8 @@ class ZeroShotService:
             max_queue=self.settings.max_queue,
             on_batch=metrics.observe_batch,
         )
-        self.batcher.start()
-        metrics.QUEUED.set_function(lambda: self.batcher.queued)
+        batcher.start()
+        metrics.QUEUED.set_function(lambda: batcher.queued)
         self.state = "ready"
         log.info("ready in %.1f s", time.perf_counter() - started)
 
@@ -104,7 +104,12 @@ class ZeroShotService:
                 "stopping": "the server is shutting down",
             }.get(self.state, "the server is starting")
             raise NotReady(message)
+        assert self.engine is not None  # "ready" is set only once the engine is built
         return self.engine
+
+    def _running_batcher(self) -> DynamicBatcher:
+        assert self.batcher is not None, "callers check ready_engine() first"
+        return self.batcher
 
     # --- work -------------------------------------------------------------------------------
     async def classify(
@@ -141,12 +146,12 @@ class ZeroShotService:
         if classes is None:  # cached labels passed this check when they were first embedded
             check_labels_known(labels, engine.tokenizer.word_pieces)
             classes = await self._on_model_thread(engine.label_embeddings, labels, templates)
-        return torch.stack(await self.batcher.submit(pixels, classes))
+        return torch.stack(await self._running_batcher().submit(pixels, classes))
 
     async def embed_images(self, uploads: Sequence[Upload]) -> dict:
         self.ready_engine()
         check_image_count(len(uploads), self.settings)
-        embeddings = await self.batcher.submit(await self._decode(uploads))
+        embeddings = await self._running_batcher().submit(await self._decode(uploads))
         return {
             "filenames": [name for name, _ in uploads],
             "embeddings": [e.tolist() for e in embeddings],
@@ -169,6 +174,7 @@ class ZeroShotService:
     async def _decode(self, uploads: Sequence[Upload]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
         engine = self.engine
+        assert engine is not None  # callers checked readiness; a drain still finishes its decodes
         return list(
             await asyncio.gather(
                 *(

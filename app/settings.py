@@ -18,34 +18,42 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIP_", frozen=True)
 
     checkpoint: Path = Field(
-        DEFAULT_CHECKPOINT, description="checkpoint directory (config.json, model.safetensors, vocab.txt)"
+        default=DEFAULT_CHECKPOINT, description="checkpoint directory (config.json, model.safetensors, vocab.txt)"
     )
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = CUDA when available, else CPU")
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="auto = CUDA when available, else CPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA where supported (else float16), float32 on CPU"
+        default="auto", description="auto = bfloat16 on CUDA where supported (else float16), float32 on CPU"
     )
-    host: str = Field("127.0.0.1", description="address clip-serve binds")
-    port: int = Field(8000, ge=0, le=65535, description="port clip-serve binds")
-    max_batch: int = Field(32, ge=1, description="most images in one forward pass")
-    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more images once it has one")
-    max_queue: int = Field(256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes")
+    host: str = Field(default="127.0.0.1", description="address clip-serve binds")
+    port: int = Field(default=8000, ge=0, le=65535, description="port clip-serve binds")
+    max_batch: int = Field(default=32, ge=1, description="most images in one forward pass")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="how long a batch waits for more images once it has one"
+    )
+    max_queue: int = Field(default=256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body, in bytes")
     body_timeout_s: float = Field(
-        30.0, gt=0, description="longest pause while a request body is still due; a client that stalls longer gets 408"
+        default=30.0,
+        gt=0,
+        description="longest pause while a request body is still due; a client that stalls longer gets 408",
     )
-    max_images: int = Field(16, ge=1, description="most images per request")
-    max_labels: int = Field(64, ge=1, description="most labels per request")
-    max_label_chars: int = Field(100, ge=1, description="longest label, in characters")
-    max_templates: int = Field(16, ge=1, description="most templates per request")
-    max_template_chars: int = Field(200, ge=1, description="longest template, in characters")
-    max_texts: int = Field(64, ge=1, description="most texts per /embed/text request")
-    max_text_chars: int = Field(1000, ge=1, description="longest /embed/text text, in characters")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="largest image, width x height (decompression bombs)")
-    label_cache_size: int = Field(4096, ge=0, description="label embeddings kept (LRU, per label and template set)")
-    decode_threads: int = Field(2, ge=1, description="threads that decode uploaded images")
-    api_key: SecretStr | None = Field(None, description="when set, required as 'Authorization: Bearer <key>'")
-    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty = CORS off)")
-    log_level: str = Field("info", description="uvicorn and access log level")
+    max_images: int = Field(default=16, ge=1, description="most images per request")
+    max_labels: int = Field(default=64, ge=1, description="most labels per request")
+    max_label_chars: int = Field(default=100, ge=1, description="longest label, in characters")
+    max_templates: int = Field(default=16, ge=1, description="most templates per request")
+    max_template_chars: int = Field(default=200, ge=1, description="longest template, in characters")
+    max_texts: int = Field(default=64, ge=1, description="most texts per /embed/text request")
+    max_text_chars: int = Field(default=1000, ge=1, description="longest /embed/text text, in characters")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="largest image, width x height (decompression bombs)"
+    )
+    label_cache_size: int = Field(
+        default=4096, ge=0, description="label embeddings kept (LRU, per label and template set)"
+    )
+    decode_threads: int = Field(default=2, ge=1, description="threads that decode uploaded images")
+    api_key: SecretStr | None = Field(default=None, description="when set, required as 'Authorization: Bearer <key>'")
+    cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (empty = CORS off)")
+    log_level: str = Field(default="info", description="uvicorn and access log level")
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -27,6 +27,8 @@ class CLIP(nn.Module):
         config = self.config
         self.image_encoder = ViT(config.vision)
         self.text_encoder = TextEncoder(config.text)
+        self.image_projection: nn.Module
+        self.text_projection: nn.Module
         if config.embed_dim is not None:
             self.image_projection = nn.Linear(config.vision.width, config.embed_dim, bias=config.projection_bias)
             self.text_projection = nn.Linear(config.text.width, config.embed_dim, bias=config.projection_bias)

@@ -36,8 +36,8 @@ class VisionConfig:
     # preprocessing: "crop" = shorter side to image_size then center crop (CLIP);
     # "squash" = resize straight to image_size x image_size, aspect not kept (FLAVA)
     resize_mode: str = "crop"
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, ...] = CLIP_MEAN  # one per input channel
+    std: tuple[float, ...] = CLIP_STD
 
     def validate(self) -> None:
         _require(

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -111,7 +112,7 @@ def scores(images: torch.Tensor, labels: Sequence[int], classes: torch.Tensor, g
     truth = torch.tensor(list(labels)).view(-1, 1)
     top1 = (ranked[:, :1] == truth).any(dim=1)
     top5 = (ranked == truth).any(dim=1)
-    result = {"n": len(truth), "top1": _percent(top1), "top5": _percent(top5)}
+    result: dict[str, Any] = {"n": len(truth), "top1": _percent(top1), "top5": _percent(top5)}
     if groups:
         rows = defaultdict(list)
         for i, group in enumerate(groups):

@@ -29,6 +29,8 @@ warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is 
 class PositionalEncoding(nn.Module):
     """The seed's fixed sinusoidal positions, added to the token embeddings."""
 
+    pe: torch.Tensor  # (1, max_len, d_model), a registered buffer
+
     def __init__(self, d_model: int, max_len: int = 512):
         super().__init__()
         position = torch.arange(max_len, dtype=torch.float).unsqueeze(1)

@@ -190,6 +190,7 @@ class TimeBudget:
         if timed == 0:
             self.timing_from = (steps_done, now)
             return None
+        assert self.timing_from is not None  # set when timed == 0, one call earlier
         first, then = self.timing_from
         per_step = (now - then) / (steps_done - first)
         left = (1 - self.RESERVE) * self.seconds - self.elapsed()
@@ -228,7 +229,7 @@ def validate(towers: TrainedTowers, bundle: Bundle, device: torch.device, batch_
     for start in range(0, len(bundle.val_images), batch_size):
         pixels = normalize(over_white(bundle.val_images[start : start + batch_size].to(device)))
         predicted = (towers.embed_images(pixels) @ classes.t()).argmax(dim=1).cpu()
-        correct += (predicted == bundle.val_concepts[start : start + batch_size]).sum().item()
+        correct += int((predicted == bundle.val_concepts[start : start + batch_size]).sum())
     return correct / len(bundle.val_images)
 
 
@@ -250,9 +251,23 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 # ----------------------------------------------------------------------------- outputs
 
 
+def _progress_values(
+    loss: torch.Tensor, accuracy: torch.Tensor, scheduler: torch.optim.lr_scheduler.LRScheduler, towers: TrainedTowers
+) -> Callable[[], dict[str, float]]:
+    """This step's figures, read only when a progress line is printed (reading a GPU value waits for it)."""
+    return lambda: {
+        "loss": loss.item(),
+        "acc": accuracy.item(),
+        "lr": float(scheduler.get_last_lr()[0]),
+        "scale": towers.logit_scale.exp().item(),
+    }
+
+
 def save_trained(towers: TrainedTowers, recipe: Recipe, run_dir: Path) -> None:
     """The trained tensors as float32 shards of at most 16 MiB, and trained.json naming them."""
-    shards, current, size = [], {}, 0
+    shards: list[dict[str, torch.Tensor]] = []
+    current: dict[str, torch.Tensor] = {}
+    size = 0
     for name, tensor in towers.state_dict().items():
         nbytes = tensor.numel() * tensor.element_size()
         if current and size + nbytes > MAX_SHARD_BYTES:
@@ -441,12 +456,7 @@ def train_bundle(
             progress.update(
                 batch + 1,
                 (batch + 1) * recipe.batch_size,
-                lambda loss=loss, accuracy=accuracy: {
-                    "loss": loss.item(),
-                    "acc": accuracy.item(),
-                    "lr": scheduler.get_last_lr()[0],
-                    "scale": towers.logit_scale.exp().item(),
-                },
+                _progress_values(loss, accuracy, scheduler, towers),
             )
             if budget is not None:
                 sized = budget.total_steps(step, first_step)

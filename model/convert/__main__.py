@@ -48,18 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.source == "seed":
-            from .seed import convert
+            from .seed import convert as convert_seed
 
-            out = convert(args.seed_path, args.out_dir, args.seed_kwargs, args.vocab)
+            out = convert_seed(args.seed_path, args.out_dir, args.seed_kwargs, args.vocab)
         elif args.source == "flava":
-            from .flava import convert
+            from .flava import convert as convert_flava
 
-            out = convert(args.source_dir, args.out_dir)
+            out = convert_flava(args.source_dir, args.out_dir)
         else:
-            from .minilm import DEFAULT_VISION, convert
+            from .minilm import DEFAULT_VISION
+            from .minilm import convert as convert_minilm
 
             vision = VisionConfig(**{**DEFAULT_VISION.__dict__, **args.vision_config}) if args.vision_config else None
-            out = convert(args.out_dir, vision=vision, embed_dim=args.embed_dim, source_dir=args.source_dir)
+            out = convert_minilm(args.out_dir, vision=vision, embed_dim=args.embed_dim, source_dir=args.source_dir)
     except (ModelError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -90,8 +90,8 @@ def encoder_layer_from_bert(
     s = source
     qkv = [f"{s}.{attention}.{n}" for n in ("query", "key", "value")]
     mapped = {
-        f"{target}.self_attn.in_proj_weight": fuse_qkv(weights, *qkv, "weight"),
-        f"{target}.self_attn.in_proj_bias": fuse_qkv(weights, *qkv, "bias"),
+        f"{target}.self_attn.in_proj_weight": fuse_qkv(weights, qkv[0], qkv[1], qkv[2], "weight"),
+        f"{target}.self_attn.in_proj_bias": fuse_qkv(weights, qkv[0], qkv[1], qkv[2], "bias"),
     }
     renames = {
         "self_attn.out_proj": f"{attention_output}",

@@ -112,9 +112,12 @@ def verify(package: Package, tarball: Path) -> None:
     """Raise unless the tarball is the pinned package: name and version first, then the hash."""
     with tarfile.open(tarball) as tar:
         try:
-            manifest = json.load(tar.extractfile("package/package.json"))
+            member = tar.extractfile("package/package.json")
         except KeyError:
-            raise EmojiDataError(f"{tarball} is not an npm package tarball (no package/package.json)") from None
+            member = None
+        if member is None:
+            raise EmojiDataError(f"{tarball} is not an npm package tarball (no package/package.json)")
+        manifest = json.load(member)
     found = (manifest.get("name"), manifest.get("version"))
     if found != (package.name, package.version):
         raise EmojiDataError(
@@ -142,8 +145,10 @@ def extract(package: Package, cache_dir: Path) -> Path:
         with tarfile.open(tarball) as tar:
             wanted = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(package.members)]
             # the "data" filter refuses paths escaping root; Pythons before 3.10.12 do not have it
-            safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(root, members=wanted, **safety)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(root, members=wanted, filter="data")
+            else:
+                tar.extractall(root, members=wanted)
         marker.touch()
     return root / "package"
 

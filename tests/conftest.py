@@ -14,6 +14,8 @@ from bench.gpu.common import BASE_SHAPE, TINY_SHAPE
 from model.convert.minilm import package_dir
 from model.errors import CheckpointError
 
+pytest_plugins = ["tests.ci_skips", "pytester"]
+
 # the same 30522-token uncased vocabulary the MiniLM package ships, tracked, so present everywhere
 TRACKED_VOCAB = Path(__file__).resolve().parents[1] / "model" / "weights" / "emoji-clip" / "vocab.txt"
 CUDA_DEVICE_VARIABLE = "CLIP_TEST_CUDA_DEVICE"
@@ -31,10 +33,6 @@ def tiny_config(**changes) -> model.CLIPConfig:
     return model.CLIPConfig.from_dict(data)
 
 
-def running_in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1")
-
-
 @pytest.fixture(scope="session")
 def vocab_path():
     """The real 30522-token uncased WordPiece vocabulary, shipped by the dev dependency
@@ -43,6 +41,8 @@ def vocab_path():
     try:
         return package_dir() / "vocab.txt"
     except CheckpointError as error:
+        from tests.ci_skips import running_in_ci  # imported here: pytest registers the module as a plugin first
+
         if running_in_ci():
             pytest.fail(f"CI=true and {error}", pytrace=False)
         return TRACKED_VOCAB

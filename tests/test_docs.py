@@ -23,3 +23,13 @@ def test_every_relative_link_points_to_a_file(page):
 def test_the_readme_links_every_docs_page():
     linked = {(ROOT / link).resolve() for link in relative_links(ROOT / "README.md")}
     assert [p.name for p in PAGES[1:] if p.resolve() not in linked] == []
+
+
+def test_ci_runs_the_readmes_install_test_and_lint_commands():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Install and test") : readme.index("### Try the bundled model")]
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
+    ci = (ROOT / ".ci" / "run").read_text()
+    steps = [step for command in commands for step in command.split(" && ")]
+    assert len(steps) == 5
+    assert [step for step in steps if step not in ci] == []

@@ -36,6 +36,7 @@ SERVER_PACKAGES = (
     "fastapi",
     "starlette",
     "uvicorn",
+    "httptools",  # uvloop is already there
     "pydantic",
     "pydantic-core",
     "pydantic-settings",

@@ -68,3 +68,18 @@ def test_settings_read_from_clip_environment(monkeypatch):
     assert settings.max_batch == 7
     assert settings.cors_origin_list == ["http://a.test", "http://b.test"]
     assert settings.api_key.get_secret_value() == "s3cret" and "s3cret" not in repr(settings)
+
+
+def test_clip_serve_gets_uvicorns_fast_protocol_and_event_loop():
+    """uvicorn's "auto" picks httptools and uvloop when they are installed (they are dependencies):
+    h11 and asyncio's own loop cost a server like this a large share of its time per request."""
+    from uvicorn.config import Config
+
+    config = Config("app.main:app")
+    config.load()
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    loop = config.get_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()

@@ -27,11 +27,10 @@ import tomllib
 import yaml
 
 from tests.deploy import dockerfile
+from tests.deploy.common import IMAGE_PORT, IMAGE_SETTINGS, ROOT, app_setting_names, require_app
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 INSTALL_SCRIPT = "scripts/install.sh"
-IMAGE_PORT = "8000"
 # The service's settings named in issue 3; the image fixes CLIP_HOST and CLIP_PORT, and each compose
 # service sets CLIP_DEVICE itself. The rest must be passed through by compose.
 CONTRACT_SETTINGS = {
@@ -51,12 +50,6 @@ CONTRACT_SETTINGS = {
     "CLIP_API_KEY",
     "CLIP_CORS_ORIGINS",
 }
-IMAGE_SETTINGS = {"CLIP_HOST", "CLIP_PORT"}
-
-
-def require_app():
-    if not (ROOT / "app" / "main.py").is_file():
-        pytest.skip("app/main.py is not on this branch yet: the service (issue 3) is not merged")
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -391,30 +384,6 @@ def test_services_pass_every_setting_through(device):
     assert not IMAGE_SETTINGS & set(environment), "the image fixes CLIP_HOST/CLIP_PORT; map ports instead"
     # Unset in your shell/.env = unset in the container (the service's default), never an empty string.
     assert {name for name, value in environment.items() if value is None} == set(environment) - {"CLIP_DEVICE"}
-
-
-def app_setting_names() -> set[str]:
-    """The environment variable of every field of the app's pydantic-settings classes."""
-    require_app()
-    from pydantic_settings import BaseSettings
-
-    import app.main  # noqa: F401  (loads the app's modules)
-
-    classes = {
-        value
-        for name, module in list(sys.modules.items())
-        if name == "app" or name.startswith("app.")
-        for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__.startswith("app")
-    }
-    assert classes, "no pydantic-settings class found in app/"
-    names = set()
-    for settings in classes:
-        prefix = settings.model_config.get("env_prefix", "")
-        for field_name, field in settings.model_fields.items():
-            alias = field.validation_alias if isinstance(field.validation_alias, str) else None
-            names.add((alias or f"{prefix}{field_name}").upper())
-    return names
 
 
 def test_compose_settings_are_exactly_the_apps_settings():

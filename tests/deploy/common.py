@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import running_in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DOC = ROOT / "docs" / "deployment.md"
+COMPOSE = ROOT / "docker-compose.yml"
 IMAGE_PORT = "8000"
 # The image fixes these (Dockerfile ENV: 0.0.0.0:8000); a deployment maps ports instead.
 IMAGE_SETTINGS = {"CLIP_HOST", "CLIP_PORT"}
@@ -67,3 +69,13 @@ def deploy_doc_commands(doc: Path = DEPLOY_DOC) -> list[str]:
             commands.append((pending + line).strip())
             pending = ""
     return [command for command in commands if command]
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def service_on(device: str) -> dict:
+    """The compose service whose CLIP_DEVICE is DEVICE (cuda or cpu)."""
+    [service] = [s for s in compose()["services"].values() if s.get("environment", {}).get("CLIP_DEVICE") == device]
+    return service

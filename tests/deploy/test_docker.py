@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -26,10 +27,18 @@ import pytest
 import tomllib
 import yaml
 
-from tests.deploy import dockerfile
-from tests.deploy.common import IMAGE_PORT, IMAGE_SETTINGS, ROOT, app_setting_names, require_app
+from tests.deploy import dockerfile, kustomize
+from tests.deploy.common import (
+    IMAGE_PORT,
+    IMAGE_SETTINGS,
+    ROOT,
+    app_setting_names,
+    compose,
+    deploy_doc_commands,
+    require_app,
+    service_on,
+)
 
-COMPOSE = ROOT / "docker-compose.yml"
 INSTALL_SCRIPT = "scripts/install.sh"
 # The service's settings named in issue 3; the image fixes CLIP_HOST and CLIP_PORT, and each compose
 # service sets CLIP_DEVICE itself. The rest must be passed through by compose.
@@ -312,10 +321,6 @@ def test_healthcheck_command_fails_when_nothing_listens():
 # --- docker-compose.yml ------------------------------------------------------------------------
 
 
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
-
-
 def dotenv() -> dict[str, str]:
     pairs = [
         line.split("=", 1)
@@ -335,11 +340,6 @@ def started_services(flags: list[str], shell: dict[str, str] | None = None) -> s
         for name, service in compose()["services"].items()
         if not service.get("profiles") or active & set(service["profiles"])
     }
-
-
-def service_on(device: str) -> dict:
-    [service] = [s for s in compose()["services"].values() if s.get("environment", {}).get("CLIP_DEVICE") == device]
-    return service
 
 
 def test_plain_up_starts_the_gpu_service_and_profile_cpu_starts_the_cpu_one_instead():
@@ -398,11 +398,17 @@ def test_compose_settings_are_exactly_the_apps_settings():
 # --- docs ---------------------------------------------------------------------------------------
 
 
-def test_every_deploy_doc_command_is_replayed_or_needs_only_docker():
-    doc = (ROOT / "docs" / "deployment.md").read_text()
-    commands = [line.strip() for block in re.findall(r"```bash\n(.*?)```", doc, re.S) for line in block.splitlines()]
+def test_every_deploy_doc_command_is_replayed_or_needs_only_docker(tmp_path):
+    """docs/deployment.md's commands: docker ones name a real subcommand and compose profile, curl ones
+    are replayed by scripts/replay_runtime.sh, kubectl ones render and validate the overlay they apply
+    or name objects and Secret keys the manifests really have (tests/deploy/kustomize.py), helm ones
+    name values files that exist. Anything else fails: a new kind of command needs a check here."""
+    commands = [command for command in deploy_doc_commands() if not command.startswith("#")]
     assert commands
     replay = (ROOT / "scripts" / "replay_runtime.sh").read_text()
+    written = kustomize.doc_files()
+    assert [path for path in written if (ROOT / path).exists()] == [], "the doc writes files the repository has"
+    tree = None
     for command in commands:
         words = [w for w in command.split() if not re.fullmatch(r"CLIP_[A-Z_]+=\S+", w)]  # NAME=value prefixes
         if words[:1] == ["docker"]:
@@ -413,5 +419,15 @@ def test_every_deploy_doc_command_is_replayed_or_needs_only_docker():
         elif words[:2] == ["curl", "-fsS"]:
             route = urlsplit(words[2]).path
             assert f'curl -fsS --max-time 10 "$base{route}"' in replay, f"{command}: not replayed"
+        elif words[:1] == ["kubectl"]:
+            tree = tree or kustomize.tree_with_doc_files(tmp_path)
+            kustomize.check_doc_kubectl(shlex.split(command), tree)
+        elif words[:2] == ["helm", "repo"]:
+            assert words[2] in ("add", "update"), command
+        elif words[:2] in (["helm", "install"], ["helm", "upgrade"]):
+            values = [words[i + 1] for i, w in enumerate(words) if w in ("-f", "--values")]
+            assert values, f"{command}: installs a chart with no values of this project's"
+            for path in values:
+                assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict), f"{command}: {path}"
         else:
             pytest.fail(f"a deploy command neither replayed nor docker-only: {command}")

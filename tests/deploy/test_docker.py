@@ -428,6 +428,9 @@ def test_every_deploy_doc_command_is_replayed_or_needs_only_docker(tmp_path):
             values = [words[i + 1] for i, w in enumerate(words) if w in ("-f", "--values")]
             assert values, f"{command}: installs a chart with no values of this project's"
             for path in values:
-                assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict), f"{command}: {path}"
+                assert (ROOT / path).is_file(), f"{command}: no such values file"
+                assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict), (
+                    f"{command}: {path} is not YAML values"
+                )
         else:
             pytest.fail(f"a deploy command neither replayed nor docker-only: {command}")

@@ -352,7 +352,9 @@ def test_checkpoint_volume_component_points_the_checkpoint_into_a_read_only_clai
     checkpoint = settings_of(objects)["CLIP_CHECKPOINT"]
     pod = deployment(objects)["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    [mount] = [m for m in container(objects)["volumeMounts"] if checkpoint.startswith(m["mountPath"].rstrip("/") + "/")]
+    mounts = [m for m in container(objects)["volumeMounts"] if checkpoint.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"CLIP_CHECKPOINT={checkpoint} is not inside one mounted volume"
+    [mount] = mounts
     assert mount["readOnly"] is True
     assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
     assert pod["securityContext"]["fsGroup"] == image_user()[1], "the image's group can read the volume"

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The CLIP zero-shot classification service. Build and run: see docs/deploy.md.
+# The CLIP zero-shot classification service. Build and run: see docs/deployment.md.
 #
 #   docker build -t clip-zero-shot .                       # PyTorch's CUDA build (from PyPI)
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \

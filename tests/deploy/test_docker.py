@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -26,12 +27,19 @@ import pytest
 import tomllib
 import yaml
 
-from tests.deploy import dockerfile
+from tests.deploy import dockerfile, kustomize
+from tests.deploy.common import (
+    IMAGE_PORT,
+    IMAGE_SETTINGS,
+    ROOT,
+    app_setting_names,
+    compose,
+    deploy_doc_commands,
+    require_app,
+    service_on,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "docker-compose.yml"
 INSTALL_SCRIPT = "scripts/install.sh"
-IMAGE_PORT = "8000"
 # The service's settings named in issue 3; the image fixes CLIP_HOST and CLIP_PORT, and each compose
 # service sets CLIP_DEVICE itself. The rest must be passed through by compose.
 CONTRACT_SETTINGS = {
@@ -51,12 +59,6 @@ CONTRACT_SETTINGS = {
     "CLIP_API_KEY",
     "CLIP_CORS_ORIGINS",
 }
-IMAGE_SETTINGS = {"CLIP_HOST", "CLIP_PORT"}
-
-
-def require_app():
-    if not (ROOT / "app" / "main.py").is_file():
-        pytest.skip("app/main.py is not on this branch yet: the service (issue 3) is not merged")
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -319,10 +321,6 @@ def test_healthcheck_command_fails_when_nothing_listens():
 # --- docker-compose.yml ------------------------------------------------------------------------
 
 
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
-
-
 def dotenv() -> dict[str, str]:
     pairs = [
         line.split("=", 1)
@@ -342,11 +340,6 @@ def started_services(flags: list[str], shell: dict[str, str] | None = None) -> s
         for name, service in compose()["services"].items()
         if not service.get("profiles") or active & set(service["profiles"])
     }
-
-
-def service_on(device: str) -> dict:
-    [service] = [s for s in compose()["services"].values() if s.get("environment", {}).get("CLIP_DEVICE") == device]
-    return service
 
 
 def test_plain_up_starts_the_gpu_service_and_profile_cpu_starts_the_cpu_one_instead():
@@ -393,30 +386,6 @@ def test_services_pass_every_setting_through(device):
     assert {name for name, value in environment.items() if value is None} == set(environment) - {"CLIP_DEVICE"}
 
 
-def app_setting_names() -> set[str]:
-    """The environment variable of every field of the app's pydantic-settings classes."""
-    require_app()
-    from pydantic_settings import BaseSettings
-
-    import app.main  # noqa: F401  (loads the app's modules)
-
-    classes = {
-        value
-        for name, module in list(sys.modules.items())
-        if name == "app" or name.startswith("app.")
-        for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__.startswith("app")
-    }
-    assert classes, "no pydantic-settings class found in app/"
-    names = set()
-    for settings in classes:
-        prefix = settings.model_config.get("env_prefix", "")
-        for field_name, field in settings.model_fields.items():
-            alias = field.validation_alias if isinstance(field.validation_alias, str) else None
-            names.add((alias or f"{prefix}{field_name}").upper())
-    return names
-
-
 def test_compose_settings_are_exactly_the_apps_settings():
     environment = set(service_on("cuda")["environment"])
     settings = app_setting_names()
@@ -429,11 +398,17 @@ def test_compose_settings_are_exactly_the_apps_settings():
 # --- docs ---------------------------------------------------------------------------------------
 
 
-def test_every_deploy_doc_command_is_replayed_or_needs_only_docker():
-    doc = (ROOT / "docs" / "deployment.md").read_text()
-    commands = [line.strip() for block in re.findall(r"```bash\n(.*?)```", doc, re.S) for line in block.splitlines()]
+def test_every_deploy_doc_command_is_replayed_or_needs_only_docker(tmp_path):
+    """docs/deployment.md's commands: docker ones name a real subcommand and compose profile, curl ones
+    are replayed by scripts/replay_runtime.sh, kubectl ones render and validate the overlay they apply
+    or name objects and Secret keys the manifests really have (tests/deploy/kustomize.py), helm ones
+    name values files that exist. Anything else fails: a new kind of command needs a check here."""
+    commands = [command for command in deploy_doc_commands() if not command.startswith("#")]
     assert commands
     replay = (ROOT / "scripts" / "replay_runtime.sh").read_text()
+    written = kustomize.doc_files()
+    assert [path for path in written if (ROOT / path).exists()] == [], "the doc writes files the repository has"
+    tree = None
     for command in commands:
         words = [w for w in command.split() if not re.fullmatch(r"CLIP_[A-Z_]+=\S+", w)]  # NAME=value prefixes
         if words[:1] == ["docker"]:
@@ -444,5 +419,18 @@ def test_every_deploy_doc_command_is_replayed_or_needs_only_docker():
         elif words[:2] == ["curl", "-fsS"]:
             route = urlsplit(words[2]).path
             assert f'curl -fsS --max-time 10 "$base{route}"' in replay, f"{command}: not replayed"
+        elif words[:1] == ["kubectl"]:
+            tree = tree or kustomize.tree_with_doc_files(tmp_path)
+            kustomize.check_doc_kubectl(shlex.split(command), tree)
+        elif words[:2] == ["helm", "repo"]:
+            assert words[2] in ("add", "update"), command
+        elif words[:2] in (["helm", "install"], ["helm", "upgrade"]):
+            values = [words[i + 1] for i, w in enumerate(words) if w in ("-f", "--values")]
+            assert values, f"{command}: installs a chart with no values of this project's"
+            for path in values:
+                assert (ROOT / path).is_file(), f"{command}: no such values file"
+                assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict), (
+                    f"{command}: {path} is not YAML values"
+                )
         else:
             pytest.fail(f"a deploy command neither replayed nor docker-only: {command}")

@@ -10,7 +10,7 @@ import torch
 from app.engine import LabelCache, ZeroShotEngine
 from app.exceptions import Overloaded
 
-from .batcher import running_batcher
+from .batcher import run_in_virtual_time, running_batcher
 from .server import image_bytes
 
 
@@ -101,6 +101,29 @@ def test_one_request_s_different_images_each_get_their_own_logits(engine):
     results = asyncio.run(scenario())
     assert sizes == [3]
     assert_each_its_own(engine, images, results, classes)
+
+
+def test_a_batch_closes_max_wait_after_its_first_image_on_the_batchers_clock(engine):
+    """In virtual time (the loop's clock, injected into the batcher): a lone image's batch runs
+    max_wait (30 s) after it arrived, no later; an image arriving 15 s into the next wait joins
+    that batch, which still closes 30 s after its first image."""
+    sizes: list[int] = []
+    waits: list[list[float]] = []
+    image = engine.decode_image(image_bytes())
+
+    async def scenario(loop):
+        options = dict(max_batch=4, max_wait=30.0, max_queue=8, clock=loop.time)
+        async with running_batcher(engine.run_batch, sizes, waits, **options) as batcher:
+            await batcher.submit([image])
+            first = asyncio.ensure_future(batcher.submit([image]))
+            await asyncio.sleep(15.0)
+            await asyncio.gather(first, batcher.submit([image]))
+        return loop.time()
+
+    finished_at = run_in_virtual_time(scenario)
+    assert sizes == [1, 2]
+    assert waits == [[30.0], [30.0, 15.0]]  # queue waits on the virtual clock, exact
+    assert finished_at == 60.0
 
 
 def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine, monkeypatch):

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ class _Item:
     pixels: torch.Tensor  # (3, H, W) uint8
     context: Any  # what run_batch needs besides the pixels (shared by a request's images)
     future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
+    queued_at: float  # on the batcher's clock
 
 
 class DynamicBatcher:
@@ -41,6 +41,7 @@ class DynamicBatcher:
         max_wait: float,
         max_queue: int,
         on_batch: Callable[[int, list[float]], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.run_batch = run_batch  # (B, 3, H, W) uint8, B contexts -> B results, called in executor
         self.executor = executor
@@ -48,6 +49,7 @@ class DynamicBatcher:
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, queue waits in seconds), for metrics
+        self.clock = clock  # seconds; a test passes its event loop's virtual time
         self._pending: list[_Item] = []
         self._arrived = asyncio.Event()
         self._closing = False
@@ -70,7 +72,8 @@ class DynamicBatcher:
                 f"{self.max_queue}; retry shortly"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(pixels, context, loop.create_future()) for pixels in images]
+        now = self.clock()
+        items = [_Item(pixels, context, loop.create_future(), now) for pixels in images]
         self._pending.extend(items)
         self._arrived.set()
         return list(await asyncio.gather(*(item.future for item in items)))
@@ -97,7 +100,7 @@ class DynamicBatcher:
     async def _fill_or_expire(self) -> None:
         deadline = self._pending[0].queued_at + self.max_wait
         while len(self._pending) < self.max_batch and not self._closing:
-            remaining = deadline - time.perf_counter()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 return
             self._arrived.clear()
@@ -107,7 +110,7 @@ class DynamicBatcher:
                 return
 
     async def _execute(self, batch: list[_Item]) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         if self.on_batch is not None:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])
         pixels = torch.stack([item.pixels for item in batch])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import httpx
 import pytest
@@ -116,3 +117,34 @@ def test_gif_gives_its_first_frame(server):
     animated = classify(server.url, [("a.gif", buffer.getvalue())], ["cat", "dog"]).json()
     still = classify(server.url, [("b.gif", first.getvalue())], ["cat", "dog"]).json()
     assert animated["results"][0]["scores"] == still["results"][0]["scores"]
+
+
+def test_inner_whitespace_of_a_label_is_collapsed(server):
+    """Runs of spaces or tabs inside a label are one space: echoed so, measured so (21 characters
+    as sent, 20 once collapsed: the limit is 20), and compared so for duplicates."""
+    response = classify(server.url, [("red.png", RED)], ["hot  dog", "a red\t balloon at sea"])
+    assert response.status_code == 200, response.text
+    assert [s["label"] for s in response.json()["results"][0]["scores"]] == ["hot dog", "a red balloon at sea"]
+    duplicate = classify(server.url, [("red.png", RED)], ["hot dog", "hot \t dog"])
+    assert duplicate.status_code == 422 and duplicate.json()["error"] == "duplicate_label"
+
+
+@pytest.mark.parametrize(
+    "sent, echoed",
+    [
+        ("r" * 128, True),  # the longest accepted
+        ("r" * 129, False),
+        ("r" * 200, False),
+        ("has spaces", False),
+        ("a.b_c:d-1", True),
+        ("semi;colon", False),
+    ],
+)
+def test_a_request_id_is_echoed_only_when_sane(server, sent, echoed):
+    """Echoed: 1 to 128 of letters, digits and . _ : -; anything else is replaced by a fresh id."""
+    response = classify(server.url, [("red.png", RED)], ["cat"], headers={**AUTH, "X-Request-ID": sent})
+    assert response.status_code == 200, response.text
+    if echoed:
+        assert response.headers["x-request-id"] == sent
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"]), response.headers["x-request-id"]

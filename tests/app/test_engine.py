@@ -10,7 +10,7 @@ import torch
 from app.engine import LabelCache, ZeroShotEngine
 from app.exceptions import Overloaded
 
-from .batcher import running_batcher
+from .batcher import run_in_virtual_time, running_batcher
 from .server import image_bytes
 
 
@@ -37,6 +37,7 @@ def test_label_cache_is_a_bounded_lru(engine):
     again = engine.label_embeddings(["dog", "cat"])
     assert torch.equal(first.flip(0), again)
     engine.label_embeddings(["cow"])  # evicts the least recently used ("dog")
+    assert engine.label_cache.get((engine.templates, "dog")) is None
     engine.label_embeddings(["cat", "dog"])
     assert calls == [(0, 2), (2, 0), (0, 1), (1, 1)]
     assert len(engine.label_cache) == 2
@@ -44,24 +45,85 @@ def test_label_cache_is_a_bounded_lru(engine):
     assert calls[-1] == (0, 1)
 
 
+def test_label_cache_evicts_the_least_recently_used_key_not_the_oldest():
+    cache = LabelCache(2)
+    cache.put("a", torch.tensor(1.0))
+    cache.put("b", torch.tensor(2.0))
+    assert cache.get("a") == 1.0  # "a", put first, is now the most recently used
+    cache.put("c", torch.tensor(3.0))
+    assert cache.get("b") is None
+    assert (cache.get("a"), cache.get("c"), len(cache)) == (1.0, 3.0, 2)
+
+
+def different_images(engine, count: int = 3) -> list[torch.Tensor]:
+    colours = ((200, 0, 0), (0, 90, 200), (250, 250, 0), (9, 9, 9))[:count]
+    return [engine.decode_image(image_bytes(colour)) for colour in colours]
+
+
+def assert_each_its_own(engine, images, results, classes=None):
+    """Each result is its own image's, computed alone (so a batch that permutes them fails)."""
+    alone = [engine.run_batch(image[None], [classes])[0] for image in images]
+    for own, other in zip(alone, alone[1:]):
+        assert (own - other).abs().max() > 1e-3  # the images' results differ: a swap is visible
+    for result, expected in zip(results, alone):
+        torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+
+
 def test_batcher_closes_on_size_and_refuses_beyond_the_queue(engine):
-    sizes = []
+    sizes: list[int] = []
+    images = different_images(engine)
 
     async def scenario():
         async with running_batcher(engine.run_batch, sizes, max_batch=3, max_wait=30, max_queue=5) as batcher:
-            image = engine.decode_image(image_bytes())
-            first = asyncio.gather(*(batcher.submit([image]) for _ in range(3)))
+            first = asyncio.gather(*(batcher.submit([image]) for image in images))
             results = await asyncio.wait_for(first, 10)  # closed on size, not after 30 s
-            waiting = asyncio.ensure_future(batcher.submit([image, image]))
+            waiting = asyncio.ensure_future(batcher.submit(images[:2]))
             await asyncio.sleep(0)
             with pytest.raises(Overloaded):
-                await batcher.submit([image] * 4)
+                await batcher.submit(images[:1] * 4)
         return results, await waiting  # closing ran what was queued before stopping
 
     results, drained = asyncio.run(scenario())
     assert sizes == [3, 2]
-    assert all(torch.allclose(r[0], results[0][0]) for r in results)
-    assert len(drained) == 2
+    assert_each_its_own(engine, images, [result[0] for result in results])
+    assert_each_its_own(engine, images[:2], drained)
+
+
+def test_one_request_s_different_images_each_get_their_own_logits(engine):
+    sizes: list[int] = []
+    images = different_images(engine)
+    classes = engine.label_embeddings(["cat", "dog", "a red rocket"])
+
+    async def scenario():
+        async with running_batcher(engine.run_batch, sizes, max_batch=3, max_wait=30, max_queue=3) as batcher:
+            return await asyncio.wait_for(batcher.submit(images, classes), 10)
+
+    results = asyncio.run(scenario())
+    assert sizes == [3]
+    assert_each_its_own(engine, images, results, classes)
+
+
+def test_a_batch_closes_max_wait_after_its_first_image_on_the_batchers_clock(engine):
+    """In virtual time (the loop's clock, injected into the batcher): a lone image's batch runs
+    max_wait (30 s) after it arrived, no later; an image arriving 15 s into the next wait joins
+    that batch, which still closes 30 s after its first image."""
+    sizes: list[int] = []
+    waits: list[list[float]] = []
+    image = engine.decode_image(image_bytes())
+
+    async def scenario(loop):
+        options = dict(max_batch=4, max_wait=30.0, max_queue=8, clock=loop.time)
+        async with running_batcher(engine.run_batch, sizes, waits, **options) as batcher:
+            await batcher.submit([image])
+            first = asyncio.ensure_future(batcher.submit([image]))
+            await asyncio.sleep(15.0)
+            await asyncio.gather(first, batcher.submit([image]))
+        return loop.time()
+
+    finished_at = run_in_virtual_time(scenario)
+    assert sizes == [1, 2]
+    assert waits == [[30.0], [30.0, 15.0]]  # queue waits on the virtual clock, exact
+    assert finished_at == 60.0
 
 
 def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine, monkeypatch):

@@ -85,6 +85,58 @@ def test_streamed_upload_without_length_cut_off_after_the_limit(server):
     assert sent < 10 * MIB
 
 
+def classify_body(size: int) -> tuple[str, bytes]:
+    """A good /classify body (one image, one label) of exactly ``size`` bytes: padded by an extra
+    file part, which the route ignores. Returns (its Content-Type, the body)."""
+
+    def build(padding: int) -> tuple[str, bytes]:
+        files = [("images", ("a.png", PNG, "image/png")), ("padding", ("pad.bin", b"p" * padding, "text/plain"))]
+        request = httpx.Request("POST", "http://x/classify", files=files, data={"labels": ["cat"]})
+        return request.headers["content-type"], request.read()
+
+    content_type, body = build(size - len(build(0)[1]))
+    assert len(body) == size
+    return content_type, body
+
+
+def pieces(body: bytes, size: int = 64 * 1024) -> list[bytes]:
+    return [body[start : start + size] for start in range(0, len(body), size)]
+
+
+def send_with_length(server, content_type: str, body: bytes) -> bytes:
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), f"Content-Length: {len(body)}", f"Content-Type: {content_type}"]
+    return post_raw(server.url, headers, pieces(body))[0]
+
+
+def send_chunked(server, content_type: str, body: bytes) -> bytes:
+    headers = [*(f"{k}: {v}" for k, v in AUTH.items()), "Transfer-Encoding: chunked", f"Content-Type: {content_type}"]
+    chunks = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces(body)]
+    return post_raw(server.url, headers, [*chunks, b"0\r\n\r\n"])[0]
+
+
+@pytest.mark.parametrize("send", [send_with_length, send_chunked], ids=["content-length", "chunked"])
+def test_upload_byte_limit_both_sides(server, send):
+    """A body of exactly CLIP_MAX_UPLOAD_BYTES (1 MiB) is served; one byte more is a 413, whether
+    the size is declared up front or only counted as the chunks stream in."""
+    at_limit = send(server, *classify_body(MIB))
+    assert at_limit.startswith(b"HTTP/1.1 200"), at_limit[:300]
+    over = send(server, *classify_body(MIB + 1))
+    assert over.startswith(b"HTTP/1.1 413") and b"upload_too_large" in over, over[:300]
+
+
+def test_an_oversized_content_length_is_refused_before_any_body_byte(server):
+    """Only the headers are sent: the 413 comes from the declared length alone (a server that
+    waited for the body would answer 408 once CLIP_BODY_TIMEOUT_S passed)."""
+    headers = [
+        *(f"{k}: {v}" for k, v in AUTH.items()),
+        f"Content-Length: {MIB + 1}",
+        "Content-Type: multipart/form-data; boundary=xyz",
+    ]
+    answer, sent = post_raw(server.url, headers, [])
+    assert sent == 0
+    assert answer.startswith(b"HTTP/1.1 413") and b"upload_too_large" in answer, answer[:300]
+
+
 def test_api_key_required_on_protected_routes(server):
     for method, path in [
         ("POST", "/classify"),
@@ -139,6 +191,7 @@ def test_cors_allows_the_configured_origin_only(server):
         (f"Basic {API_KEY}", 401),
         (API_KEY, 401),
         (f"Bearer{API_KEY}", 401),
+        ("Bearer", 401),  # an empty key
     ],
 )
 def test_the_scheme_name_is_case_insensitive_and_the_key_exact(server, authorization, status):
@@ -152,6 +205,14 @@ def test_template_length_limit_both_sides(server):
     refused = classify(server.url, [("a.png", PNG)], ["cat"], headers=AUTH, template=over)
     assert refused.status_code == 422 and refused.json()["error"] == "template_too_long"
     assert refused.json()["message"] == "template 1 has 31 characters, more than the limit of 30"
+
+
+def test_label_length_limit_both_sides(server):
+    at_limit, over = "a red balloon at sea", "a red balloon at sea!"  # 20 and 21 characters (the limit is 20)
+    assert classify(server.url, [("a.png", PNG)], [at_limit], headers=AUTH).status_code == 200
+    refused = classify(server.url, [("a.png", PNG)], [over], headers=AUTH)
+    assert refused.status_code == 422 and refused.json()["error"] == "label_too_long"
+    assert refused.json()["message"] == "label 1 has 21 characters, more than the limit of 20"
 
 
 def test_text_length_limit_both_sides(server):

@@ -148,13 +148,46 @@ def test_a_decompression_bomb_is_refused_with_the_configured_limit_not_pillows()
     assert str(refused.value) == "the upload has 200000000 pixels, over the limit of 40000000"
 
 
-def test_crop_resamples_the_centred_square_of_the_source():
-    """333 x 250 at 32 px: the square is 250 wide, centred 41.5 px in (a half pixel, by hand)."""
+@pytest.mark.parametrize(
+    "width, height, square",
+    [
+        (333, 250, (41.5, 0, 291.5, 250)),  # the square is 250 wide, centred 41.5 px in (a half pixel)
+        (40, 30, (5, 0, 35, 30)),  # 32 / 30: no whole-pixel intermediate size
+        (41, 30, (5.5, 0, 35.5, 30)),
+        (30, 41, (0, 5.5, 30, 35.5)),
+    ],
+)
+def test_crop_resamples_the_centred_square_of_the_source(width, height, square):
+    """At 32 px, against Pillow resampling the square found by hand."""
     rng = np.random.default_rng(1)
-    image = Image.fromarray(rng.integers(0, 255, (250, 333, 3), dtype=np.uint8))
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     crop = model.preprocess_images([image], CROP, normalize=False)[0].permute(1, 2, 0).numpy()
-    expected = image.resize((32, 32), Image.Resampling.BICUBIC, box=(41.5, 0, 291.5, 250))
+    expected = image.resize((32, 32), Image.Resampling.BICUBIC, box=square)
     assert np.array_equal(crop, np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+    "config, processor_options",
+    [
+        (CROP, {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}),
+        (SQUASH, {"size": {"height": 32, "width": 32}, "do_center_crop": False}),
+    ],
+    ids=["crop", "squash"],
+)
+def test_normalised_pixels_match_transformers_clip_image_processor(config, processor_options):
+    """transformers' Pillow CLIP processor, given OpenAI CLIP's mean and std as literals, on an 80 x 40
+    image (crop: an exact 0.8 scale, where resizing the whole image then cropping and resampling
+    only the centred square agree)."""
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.CLIPImageProcessorPil(
+        **processor_options,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 256, (40, 80, 3), dtype=np.uint8))
+    expected = processor(images=[image], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(model.preprocess_images([image], config), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("width, height", [(1, 1_000_000), (1_000_000, 1)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -324,3 +325,33 @@ def test_the_gpu_recipe_trains_on_the_cpu_for_a_few_steps(bundle_path, tmp_path)
     )
     assert json.loads((run / train.HISTORY_FILE).read_text())[-1]["step"] == 2
     assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+# image i's logits against caption j; images of three different concepts. Not symmetric: by rows
+# (image -> text) image 1 is closest to caption 0, by columns (text -> image) every caption is
+# closest to its own image.
+ASYMMETRIC_LOGITS = [[3.0, 0.0, 0.0], [2.0, 1.0, 0.5], [0.0, 0.0, 4.0]]
+
+
+def cross_entropy_by_hand(rows: list[list[float]]) -> float:
+    """Mean over rows of -log softmax(row)[i] for row i (its own caption, or image, is the target)."""
+    return sum(math.log(sum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(rows)) / len(rows)
+
+
+def test_contrastive_loss_averages_both_directions_and_accuracy_is_image_to_text():
+    loss, accuracy = train.contrastive_loss(torch.tensor(ASYMMETRIC_LOGITS), torch.tensor([4, 5, 6]))
+    columns = [list(column) for column in zip(*ASYMMETRIC_LOGITS)]
+    expected = (cross_entropy_by_hand(ASYMMETRIC_LOGITS) + cross_entropy_by_hand(columns)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert accuracy.item() == pytest.approx(2 / 3)  # rows 0 and 2 pick their own caption, row 1 caption 0
+
+
+def test_trained_towers_clamp_the_temperature_at_100():
+    torch.manual_seed(0)
+    towers = train.TrainedTowers(tiny_recipe(text_width=8))
+    pixels, texts = torch.randn(2, 3, 32, 32), torch.randn(3, 8)
+    with torch.no_grad():
+        towers.logit_scale.fill_(math.log(1000.0))  # a scale training pushed past ln 100
+        (logits,) = towers(pixels, texts)
+        cosines = towers.embed_images(pixels) @ towers.embed_texts(texts).t()
+    torch.testing.assert_close(logits, 100.0 * cosines, rtol=1e-6, atol=1e-5)

@@ -42,6 +42,7 @@ class DynamicBatcher:
         max_queue: int,
         on_batch: Callable[[int, list[float]], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        incoming: Callable[[], int] | None = None,
     ):
         self.run_batch = run_batch  # (B, 3, H, W) uint8, B contexts -> B results, called in executor
         self.executor = executor
@@ -50,6 +51,10 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, queue waits in seconds), for metrics
         self.clock = clock  # seconds; a test passes its event loop's virtual time
+        # images accepted upstream but not submitted yet (still decoding): a batch waits up to
+        # max_wait only while some are on their way; with none, a lone request starts at once.
+        # None: unknown, always wait.
+        self.incoming = incoming
         self._pending: list[_Item] = []
         self._arrived = asyncio.Event()
         self._closing = False
@@ -98,8 +103,10 @@ class DynamicBatcher:
             await self._execute(batch)
 
     async def _fill_or_expire(self) -> None:
+        """Wait for more images until the batch is full, max_wait has passed since its first image
+        arrived, or no more are on their way (what queued while the model was busy runs at once)."""
         deadline = self._pending[0].queued_at + self.max_wait
-        while len(self._pending) < self.max_batch and not self._closing:
+        while len(self._pending) < self.max_batch and not self._closing and self._more_expected():
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return
@@ -108,6 +115,9 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return
+
+    def _more_expected(self) -> bool:
+        return self.incoming is None or self.incoming() > 0
 
     async def _execute(self, batch: list[_Item]) -> None:
         started = self.clock()

@@ -166,3 +166,30 @@ def test_cached_label_embeddings_answer_only_when_every_label_is_cached(engine, 
     # a repeated set is the same tensor (no stacking per request; run_batch shares its columns)
     assert engine.cached_label_embeddings(["dog", "cat"]) is engine.cached_label_embeddings(["dog", "cat"])
     assert engine.cached_label_embeddings(["dog", "cat"], ["a drawing of a {}."]) is None  # templates are in the key
+
+
+def test_with_nothing_on_its_way_a_lone_image_runs_at_once_and_otherwise_waits_for_it(engine):
+    """Given how many images are still decoding upstream (``incoming``), the batcher waits only
+    while some are on their way: a lone request starts at once (no added latency at low load); one
+    expected image is waited for, and the batch runs as soon as it arrives, before max_wait."""
+    sizes: list[int] = []
+    waits: list[list[float]] = []
+    image = engine.decode_image(image_bytes())
+    on_their_way = [0]
+
+    async def scenario(loop):
+        options = dict(max_batch=4, max_wait=30.0, max_queue=8, clock=loop.time, incoming=lambda: on_their_way[0])
+        async with running_batcher(engine.run_batch, sizes, waits, **options) as batcher:
+            await batcher.submit([image])
+            alone_at = loop.time()
+            on_their_way[0] = 1
+            first = asyncio.ensure_future(batcher.submit([image]))
+            await asyncio.sleep(10.0)
+            on_their_way[0] = 0
+            await asyncio.gather(first, batcher.submit([image]))
+        return alone_at, loop.time()
+
+    alone_at, finished_at = run_in_virtual_time(scenario)
+    assert sizes == [1, 2]
+    assert alone_at == 0.0 and waits[0] == [0.0]
+    assert waits[1] == [10.0, 0.0] and finished_at == 10.0

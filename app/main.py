@@ -19,6 +19,7 @@ import model
 from . import errors
 from .engine import resolve_device
 from .exceptions import StartupError
+from .headers import SecurityHeaders
 from .middleware import PROTECTED_PREFIXES, ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
 from .routes import classify, embed, health, ui
 from .service import ZeroShotService
@@ -83,8 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=ui.DOCS_ASSETS_DIR), name="docs-assets")
 
-    # added innermost first: RequestContext wraps all, then CORS, the key, the byte limit, the body
-    # timeout, the multipart closing check
+    # added innermost first: SecurityHeaders wraps all (so middleware's own errors carry them too),
+    # then RequestContext, CORS, the key, the byte limit, the body timeout, the multipart closing check
     app.add_middleware(MultipartClosed)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestContext)
+    app.add_middleware(SecurityHeaders)
     app.openapi = lambda: _openapi(app)
     return app
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +35,7 @@ HEADERS = {
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
-def content_security_policy(extra: dict[str, Iterable[str]] | None = None) -> str:
+def content_security_policy(extra: Mapping[str, Iterable[str]] | None = None) -> str:
     """The policy, with ``extra`` sources added to its directives."""
     extra = extra or {}
     return "; ".join(

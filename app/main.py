@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 import model
@@ -20,7 +19,8 @@ from . import errors
 from .engine import resolve_device
 from .exceptions import StartupError
 from .headers import SecurityHeaders
-from .middleware import PROTECTED_PREFIXES, ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
+from .middleware import ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
+from .openapi import build_openapi
 from .routes import classify, embed, health, ui
 from .service import ZeroShotService
 from .settings import DEFAULT_CHECKPOINT, Settings
@@ -101,27 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContext)
     app.add_middleware(SecurityHeaders)
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: build_openapi(app, settings)
     return app
-
-
-def _openapi(app: FastAPI) -> dict:
-    """The generated schema plus the bearer scheme on the protected routes."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "CLIP_API_KEY (only when the server sets one)",
-            }
-        }
-        for path, operations in schema["paths"].items():
-            if path.startswith(PROTECTED_PREFIXES):
-                for operation in operations.values():
-                    operation["security"] = [{"bearer": []}]
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 def app_from_environment() -> FastAPI:

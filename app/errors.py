@@ -49,6 +49,8 @@ ERROR_TABLE = [
         "as this operation's request body shows",
     ),
     (401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)"),
+    (404, "not_found", "Not Found"),
+    (405, "method_not_allowed", "Method Not Allowed"),
     (
         408,
         "request_timeout",

@@ -42,7 +42,15 @@ ERROR_TABLE = [
         "the multipart body ends without its closing delimiter ('--xyz--'): it was cut "
         "short, so its last part would be lost; send the whole body",
     ),
+    (
+        400,
+        "unparseable_body",
+        "the body is not valid JSON (Expecting value at character 1): send a JSON object, "
+        "as this operation's request body shows",
+    ),
     (401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (the server's CLIP_API_KEY)"),
+    (404, "not_found", "Not Found"),
+    (405, "method_not_allowed", "Method Not Allowed"),
     (
         408,
         "request_timeout",
@@ -121,6 +129,13 @@ async def service_error(request: Request, error: ServiceError) -> JSONResponse:
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    unparsed = next((problem for problem in error.errors() if problem.get("type") == "json_invalid"), None)
+    if unparsed is not None:
+        position = unparsed["loc"][-1] if unparsed.get("loc") else 0
+        reason = unparsed.get("ctx", {}).get("error", "JSON decode error")
+        return unparseable_body(
+            request, f"the body is not valid JSON ({reason} at character {position + 1})", "a JSON object"
+        )
     problems = []
     for problem in error.errors():
         where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query"))
@@ -129,7 +144,17 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
     return error_response(request, 422, "invalid_request", "; ".join(problems))
 
 
+def unparseable_body(request: Request, problem: str, expected: str) -> JSONResponse:
+    request.state.error_code = "unparseable_body"
+    message = f"{problem}: send {expected}, as this operation's request body shows"
+    return error_response(request, 400, "unparseable_body", message)
+
+
 async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 400:  # FastAPI's answer to a form body that does not parse
+        return unparseable_body(
+            request, f"the body does not parse as a form ({error.detail})", "multipart/form-data (as curl -F does)"
+        )
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     request.state.error_code = code
     return error_response(request, error.status_code, code, str(error.detail), getattr(error, "headers", None))

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 import model
@@ -19,7 +18,9 @@ import model
 from . import errors
 from .engine import resolve_device
 from .exceptions import StartupError
-from .middleware import PROTECTED_PREFIXES, ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
+from .headers import SecurityHeaders
+from .middleware import ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
+from .openapi import build_openapi
 from .routes import classify, embed, health, ui
 from .service import ZeroShotService
 from .settings import DEFAULT_CHECKPOINT, Settings
@@ -83,8 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=ui.DOCS_ASSETS_DIR), name="docs-assets")
 
-    # added innermost first: RequestContext wraps all, then CORS, the key, the byte limit, the body
-    # timeout, the multipart closing check
+    # added innermost first: SecurityHeaders wraps all (so middleware's own errors carry them too),
+    # then RequestContext, CORS, the key, the byte limit, the body timeout, the multipart closing check
     app.add_middleware(MultipartClosed)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
@@ -99,27 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestContext)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to extend it
+    app.add_middleware(SecurityHeaders)
+    app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]  # FastAPI's documented way
     return app
-
-
-def _openapi(app: FastAPI) -> dict:
-    """The generated schema plus the bearer scheme on the protected routes."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "CLIP_API_KEY (only when the server sets one)",
-            }
-        }
-        for path, operations in schema["paths"].items():
-            if path.startswith(PROTECTED_PREFIXES):
-                for operation in operations.values():
-                    operation["security"] = [{"bearer": []}]
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 def app_from_environment() -> FastAPI:

@@ -39,8 +39,15 @@ class ClassifyResponse(BaseModel):
     time_ms: float = Field(description="server time for this request, in milliseconds", examples=[12.5])
 
 
+# What app/inputs.py's decode_base64 takes: standard base64 with its padding, after an optional
+# data: URL prefix (its comma within the first 100 characters). Documented only: a pydantic pattern
+# would refuse before that check, whose invalid_base64 message says what is wrong.
+BASE64_OR_DATA_URL = r"^(?:data:[^,]{0,94},)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
 class Base64Image(BaseModel):
     data: str = Field(
+        json_schema_extra={"pattern": BASE64_OR_DATA_URL},
         description="the image file's bytes, base64 (a data: URL is accepted too)",
         examples=["iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"],
     )

@@ -11,7 +11,7 @@ from ..inputs import decode_image_field, labels_from_form
 from ..schemas import ClassifyJSONRequest, ClassifyResponse
 
 router = APIRouter(tags=["classify"])
-ERRORS = openapi_responses(401, 413, 415, 422, 503)
+ERRORS = openapi_responses(400, 401, 408, 413, 415, 422, 503)
 
 
 @router.post(

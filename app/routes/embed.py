@@ -15,7 +15,7 @@ router = APIRouter(prefix="/embed", tags=["embed"])
 @router.post(
     "/image",
     response_model=EmbedImageResponse,
-    responses=openapi_responses(401, 413, 415, 422, 503),
+    responses=openapi_responses(400, 401, 408, 413, 415, 422, 503),
     summary="Image embeddings",
 )
 async def embed_image(
@@ -28,7 +28,7 @@ async def embed_image(
 @router.post(
     "/text",
     response_model=EmbedTextResponse,
-    responses=openapi_responses(401, 413, 422, 503),
+    responses=openapi_responses(400, 401, 408, 413, 422, 503),
     summary="Text embeddings (texts as given, no template unless one is passed)",
 )
 async def embed_text(request: Request, body: EmbedTextRequest) -> dict:

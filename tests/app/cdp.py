@@ -17,6 +17,13 @@ from .server import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+# runs in each page before its own scripts (DevTools' scripts are not subject to the page's policy)
+RECORD_CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => window.cspViolations.push(
+    `${event.effectiveDirective} refused ${event.blockedURI || "an inline one"} (${event.sourceFile}:${event.lineNumber})`
+), true);
+"""
 
 
 class Browser:
@@ -49,10 +56,13 @@ class Browser:
         )
         self.blocked: list[str] = []
         self.requested: list[str] = []
+        self.security_messages: list[str] = []
         self._next_id = 0
         self.socket = websocket.create_connection(self._page_socket_url(), timeout=60, suppress_origin=True)
         self.call("Page.enable")
         self.call("Runtime.enable")
+        self.call("Log.enable")
+        self.call("Page.addScriptToEvaluateOnNewDocument", source=RECORD_CSP_VIOLATIONS)
         self.call("Fetch.enable", patterns=[{"urlPattern": "*"}])
 
     def _page_socket_url(self) -> str:
@@ -78,6 +88,8 @@ class Browser:
                 return message.get("result", {})
             if message.get("method") == "Fetch.requestPaused":
                 self._gate(message["params"])
+            elif message.get("method") == "Log.entryAdded" and message["params"]["entry"]["source"] == "security":
+                self.security_messages.append(message["params"]["entry"]["text"])
 
     def _gate(self, paused: dict) -> None:
         url = paused["request"]["url"]
@@ -104,6 +116,11 @@ class Browser:
                 raise AssertionError(f"timed out waiting for {expression}")
             time.sleep(0.1)
         return value
+
+    def csp_violations(self) -> list[str]:
+        """What the page's Content Security Policy refused so far: the page's own reports, then
+        Chromium's security messages (which also cover workers)."""
+        return self.evaluate("window.cspViolations") + self.security_messages
 
     def open(self, url: str) -> None:
         self.call("Page.navigate", url=url)

@@ -61,6 +61,7 @@ def test_demo_page_classifies_an_upload_and_draws_the_chart(server, browser, tmp
         "!document.getElementById('error').hidden && document.getElementById('error').textContent"
     )
     assert "case-insensitively" in message and "422" in message
+    assert browser.csp_violations() == []
 
 
 def test_docs_render_offline(server, browser, tmp_path):
@@ -73,3 +74,27 @@ def test_docs_render_offline(server, browser, tmp_path):
     assert not browser.blocked, browser.blocked
     assert all("127.0.0.1" in url or url.startswith("data:") for url in browser.requested), browser.requested
     keep_screenshot(browser.screenshot(), tmp_path, "docs-offline.png")
+
+    # Try it out: Swagger UI's own request to the server runs under the policy too
+    browser.evaluate("document.querySelector('.opblock-summary-path[data-path=\"/healthz\"]').click()")
+    for button in (".try-out__btn", ".execute"):
+        browser.wait_for(f"!!document.querySelector('{button}')")
+        browser.evaluate(f"document.querySelector('{button}').click()")
+    answer = browser.wait_for("document.querySelector('.live-responses-table tbody .response-col_status')?.textContent")
+    assert answer.strip() == "200"
+    assert browser.csp_violations() == []
+
+
+# ReDoc's side menu shows "API docs by Redocly" with a logo from its CDN: the one thing the policy
+# (and, offline, the network) refuses; the page works without it.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def test_redoc_renders_offline_under_the_policy(server, browser):
+    browser.open(server.url + "/redoc")
+    operations = browser.wait_for(
+        "document.querySelectorAll('[data-section-id^=\"operation/\"]').length >= 8 && document.body.innerText"
+    )
+    assert "/classify" in operations and "/embed/text" in operations
+    assert [v for v in browser.csp_violations() if REDOC_LOGO not in v] == []
+    assert browser.blocked in ([], [REDOC_LOGO])

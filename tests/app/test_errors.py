@@ -92,17 +92,6 @@ def test_json_variant_errors(server, payload, code):
     assert response.json()["error"] == code
 
 
-def test_malformed_json_body(server):
-    response = httpx.post(
-        f"{server.url}/classify/json",
-        content=b"{not json",
-        timeout=30,
-        headers={**AUTH, "content-type": "application/json"},
-    )
-    assert response.status_code == 422
-    assert response.json()["error"] == "invalid_request"
-
-
 def test_unknown_route_is_json_404(server):
     response = httpx.get(f"{server.url}/nope", headers=AUTH, timeout=30)
     assert response.status_code == 404

@@ -17,6 +17,7 @@ from .exceptions import (
     NotReady,
     Overloaded,
     ServiceError,
+    ShuttingDown,
     Unauthorized,
     UnsupportedImage,
     UploadTooLarge,
@@ -32,6 +33,7 @@ STATUS = {
     Unauthorized: 401,
     Overloaded: 503,
     NotReady: 503,
+    ShuttingDown: 503,
 }
 
 # (status, code, example message) for the OpenAPI page and the error table in docs/service.md
@@ -88,6 +90,12 @@ ERROR_TABLE = [
     ),
     (503, "queue_full", "the server is busy: 250 images are queued and the queue holds 256; retry shortly"),
     (503, "not_ready", "the model is still loading; retry shortly"),
+    (
+        503,
+        "shutting_down",
+        "the server is shutting down and this request outlasted its drain of 30 s (CLIP_DRAIN_SECONDS); "
+        "retry: another replica or the restarted server will answer",
+    ),
 ]
 
 

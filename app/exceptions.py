@@ -52,10 +52,24 @@ class Overloaded(ServiceError):
 
 
 class NotReady(ServiceError):
-    """The model is still loading, failed to load, or the server is shutting down."""
+    """The model is still loading or failed to load."""
 
     code = "not_ready"
     retry_after = 2
+
+
+class ShuttingDown(ServiceError):
+    """The server is stopping: the request came too late for the drain, or outlasted it."""
+
+    code = "shutting_down"
+    retry_after = 2
+
+    def __init__(
+        self,
+        message: str = "the server is shutting down; retry shortly (another replica or the restarted "
+        "server will answer)",
+    ):
+        super().__init__(message)
 
 
 class StartupError(ServiceError):

@@ -18,7 +18,7 @@ from . import metrics
 from .batching import DynamicBatcher
 from .engine import ZeroShotEngine, scores
 from .engine import top_k as take_top_k
-from .exceptions import NotReady
+from .exceptions import NotReady, ShuttingDown
 from .inputs import check_image_count, check_labels_known, check_top_k, clean_labels, clean_templates, clean_texts
 from .settings import Settings
 
@@ -97,11 +97,12 @@ class ZeroShotService:
         self._decoders.shutdown(wait=True)
 
     def ready_engine(self) -> ZeroShotEngine:
+        if self.state == "stopping":
+            raise ShuttingDown()
         if self.state != "ready":
             message = {
                 "loading": "the model is still loading; retry shortly",
                 "failed": f"the model failed to load: {self.failure}",
-                "stopping": "the server is shutting down",
             }.get(self.state, "the server is starting")
             raise NotReady(message)
         return self.engine

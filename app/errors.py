@@ -16,6 +16,7 @@ from .exceptions import (
     InvalidInput,
     NotReady,
     Overloaded,
+    RequestTooLarge,
     ServiceError,
     ShuttingDown,
     Unauthorized,
@@ -30,6 +31,7 @@ STATUS = {
     UnsupportedImage: 415,
     ImageTooLarge: 413,
     UploadTooLarge: 413,
+    RequestTooLarge: 413,
     Unauthorized: 401,
     Overloaded: 503,
     NotReady: 503,
@@ -53,6 +55,13 @@ ERROR_TABLE = [
     ),
     (413, "upload_too_large", "request body is over the limit of 1048576 bytes (CLIP_MAX_UPLOAD_BYTES)"),
     (413, "image_too_large", "'big.png' is 20000x20000 = 400000000 pixels, over the limit of 40000000"),
+    (
+        413,
+        "too_many_pixels",
+        "the images of this request decode to more than 100000000 pixels in all, the limit "
+        "(CLIP_MAX_REQUEST_PIXELS): send fewer or smaller images, or several requests (a JPEG decodes at "
+        "a reduced scale, so it counts less)",
+    ),
     (
         415,
         "unsupported_image",

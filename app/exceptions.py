@@ -34,6 +34,12 @@ class ImageTooLarge(ServiceError):
     code = "image_too_large"
 
 
+class RequestTooLarge(ServiceError):
+    """A request's images decode to more pixels in all than CLIP_MAX_REQUEST_PIXELS."""
+
+    code = "too_many_pixels"
+
+
 class UploadTooLarge(ServiceError):
     """The request body is over CLIP_MAX_UPLOAD_BYTES."""
 

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_texts: int = Field(64, ge=1, description="most texts per /embed/text request")
     max_text_chars: int = Field(1000, ge=1, description="longest /embed/text text, in characters")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest image, width x height (decompression bombs)")
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="most pixels one request's images may decode to, width x height summed (a JPEG counts at "
+        "the reduced scale it decodes at)",
+    )
     label_cache_size: int = Field(4096, ge=0, description="label embeddings kept (LRU, per label and template set)")
     decode_threads: int = Field(2, ge=1, description="threads that decode uploaded images")
     api_key: SecretStr | None = Field(None, description="when set, required as 'Authorization: Bearer <key>'")

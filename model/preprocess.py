@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,12 +26,17 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
 def load_image(
-    source: bytes | str | os.PathLike | BinaryIO, max_pixels: int | None = None, target_size: int | None = None
+    source: bytes | str | os.PathLike | BinaryIO,
+    max_pixels: int | None = None,
+    target_size: int | None = None,
+    before_decode: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """Decode one image fully. Raises ImageError (or ImageTooLargeError) with a clear message.
 
     ``max_pixels`` refuses images whose width x height exceeds it, before any pixel is decoded.
     ``target_size`` lets JPEGs decode at a reduced scale that still covers target_size x target_size.
+    ``before_decode(width, height)`` is called with the size that will be decoded (a JPEG's reduced
+    one), before any pixel is; what it raises goes to the caller (a budget of pixels, say).
     Animated formats (GIF, WebP, APNG) give their first frame.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -46,6 +51,8 @@ def load_image(
                 )
             if target_size is not None and image.format == "JPEG":
                 image.draft(image.mode, (target_size, target_size))
+            if before_decode is not None:
+                before_decode(*image.size)
             image.load()
             return image.copy() if getattr(image, "n_frames", 1) > 1 else image
     except ImageError:

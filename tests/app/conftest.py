@@ -17,6 +17,7 @@ LIMITS = dict(
     max_templates=2,
     max_label_chars=20,
     max_image_pixels=10_000,
+    max_request_pixels=15_000,
     max_template_chars=30,
     max_text_chars=40,
     body_timeout_s=1.5,

@@ -107,8 +107,21 @@ def test_normalisation_with_config_mean_std_and_uint8_path():
 def test_large_jpeg_decodes_through_draft():
     data = encoded(Image.new("RGB", (2048, 1536), (0, 128, 255)), "JPEG")
     assert model.load_image(data).size == (2048, 1536)
-    reduced = model.load_image(data, target_size=224)
+    sizes = []
+    reduced = model.load_image(data, target_size=224, before_decode=lambda *size: sizes.append(size))
     assert reduced.size == (512, 384)  # the largest JPEG scale (1/4) that still covers 224 x 224
+    assert sizes == [(512, 384)]  # the size told before decoding is the one decoded
+
+
+def test_before_decode_can_refuse_an_image_before_its_pixels_are_decoded():
+    class Refused(Exception):
+        pass
+
+    def refuse(width, height):
+        raise Refused(f"{width}x{height}")
+
+    with pytest.raises(Refused, match="300x200"):
+        model.load_image(encoded(Image.new("L", (300, 200)), "PNG"), before_decode=refuse)
 
 
 @pytest.mark.parametrize(

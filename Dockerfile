@@ -40,4 +40,6 @@ EXPOSE 8000
 # answer raises, and the exit status 1 marks the container unhealthy.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('CLIP_PORT', '8000'), timeout=4)"]
+# On SIGTERM clip-serve drains requests in flight for CLIP_DRAIN_SECONDS (30), then exits: stop the
+# container with more time than that (docker run --stop-timeout 40; Compose's stop_grace_period is 40s).
 CMD ["clip-serve"]

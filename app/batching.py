@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .exceptions import NotReady, Overloaded
+from .exceptions import NotReady, Overloaded, ShuttingDown
 
 
 @dataclass
@@ -69,8 +69,10 @@ class DynamicBatcher:
 
     async def submit(self, images: list[torch.Tensor], context: Any = None) -> list[torch.Tensor]:
         """run_batch's result for each of ``images``, in order, once the batches holding them have run."""
-        if self._closing or self._worker is None:
-            raise NotReady("the server is shutting down" if self._closing else "the batcher is not running")
+        if self._closing:
+            raise ShuttingDown()
+        if self._worker is None:
+            raise NotReady("the batcher is not running")
         if len(self._pending) + len(images) > self.max_queue:
             raise Overloaded(
                 f"the server is busy: {len(self._pending)} images are queued and the queue holds "
@@ -120,6 +122,9 @@ class DynamicBatcher:
         return self.incoming is None or self.incoming() > 0
 
     async def _execute(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item.future.done()]  # a request cancelled (drain over) has gone
+        if not batch:
+            return
         started = self.clock()
         if self.on_batch is not None:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])

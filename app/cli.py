@@ -33,14 +33,15 @@ def serve(argv: list[str] | None = None) -> None:
         print(f"clip-serve: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # uvicorn handles SIGTERM: stop accepting, finish requests in flight, then run the app's shutdown
+    # uvicorn handles SIGTERM: stop accepting, let requests in flight run for CLIP_DRAIN_SECONDS (those
+    # still running then get 503 shutting_down, app/middleware.py's ShutdownCutoff), run the app's shutdown
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.drain_seconds,
     )
 
 

@@ -109,10 +109,18 @@ class ZeroShotEngine:
     def name(self) -> str:
         return self.checkpoint.name
 
-    def decode_image(self, data: bytes, filename: str = "the upload") -> torch.Tensor:
-        """Upload bytes -> (3, H, W) uint8 at the model's input size (normalised later, on the device)."""
+    def decode_image(
+        self, data: bytes, filename: str = "the upload", before_decode: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Upload bytes -> (3, H, W) uint8 at the model's input size (normalised later, on the device).
+        ``before_decode(width, height)`` may refuse the image before its pixels are decoded."""
         try:
-            image = model.load_image(data, max_pixels=self.max_image_pixels, target_size=self.config.vision.image_size)
+            image = model.load_image(
+                data,
+                max_pixels=self.max_image_pixels,
+                target_size=self.config.vision.image_size,
+                before_decode=before_decode,
+            )
         except model.ImageTooLargeError as error:
             raise ImageTooLarge(_naming(error, filename)) from error
         except model.ImageError as error:

@@ -16,7 +16,9 @@ from .exceptions import (
     InvalidInput,
     NotReady,
     Overloaded,
+    RequestTooLarge,
     ServiceError,
+    ShuttingDown,
     Unauthorized,
     UnsupportedImage,
     UploadTooLarge,
@@ -29,9 +31,11 @@ STATUS = {
     UnsupportedImage: 415,
     ImageTooLarge: 413,
     UploadTooLarge: 413,
+    RequestTooLarge: 413,
     Unauthorized: 401,
     Overloaded: 503,
     NotReady: 503,
+    ShuttingDown: 503,
 }
 
 # (status, code, example message) for the OpenAPI page and the error table in docs/service.md
@@ -59,6 +63,13 @@ ERROR_TABLE = [
     ),
     (413, "upload_too_large", "request body is over the limit of 1048576 bytes (CLIP_MAX_UPLOAD_BYTES)"),
     (413, "image_too_large", "'big.png' is 20000x20000 = 400000000 pixels, over the limit of 40000000"),
+    (
+        413,
+        "too_many_pixels",
+        "the images of this request decode to more than 100000000 pixels in all, the limit "
+        "(CLIP_MAX_REQUEST_PIXELS): send fewer or smaller images, or several requests (a JPEG decodes at "
+        "a reduced scale, so it counts less)",
+    ),
     (
         415,
         "unsupported_image",
@@ -96,6 +107,12 @@ ERROR_TABLE = [
     ),
     (503, "queue_full", "the server is busy: 250 images are queued and the queue holds 256; retry shortly"),
     (503, "not_ready", "the model is still loading; retry shortly"),
+    (
+        503,
+        "shutting_down",
+        "the server is shutting down and this request outlasted its drain of 30 s (CLIP_DRAIN_SECONDS); "
+        "retry: another replica or the restarted server will answer",
+    ),
 ]
 
 

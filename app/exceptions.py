@@ -34,6 +34,12 @@ class ImageTooLarge(ServiceError):
     code = "image_too_large"
 
 
+class RequestTooLarge(ServiceError):
+    """A request's images decode to more pixels in all than CLIP_MAX_REQUEST_PIXELS."""
+
+    code = "too_many_pixels"
+
+
 class UploadTooLarge(ServiceError):
     """The request body is over CLIP_MAX_UPLOAD_BYTES."""
 
@@ -52,10 +58,24 @@ class Overloaded(ServiceError):
 
 
 class NotReady(ServiceError):
-    """The model is still loading, failed to load, or the server is shutting down."""
+    """The model is still loading or failed to load."""
 
     code = "not_ready"
     retry_after = 2
+
+
+class ShuttingDown(ServiceError):
+    """The server is stopping: the request came too late for the drain, or outlasted it."""
+
+    code = "shutting_down"
+    retry_after = 2
+
+    def __init__(
+        self,
+        message: str = "the server is shutting down; retry shortly (another replica or the restarted "
+        "server will answer)",
+    ):
+        super().__init__(message)
 
 
 class StartupError(ServiceError):

@@ -19,7 +19,14 @@ from . import errors
 from .engine import resolve_device
 from .exceptions import StartupError
 from .headers import SecurityHeaders
-from .middleware import ApiKey, BodyTimeout, MultipartClosed, RequestContext, UploadLimit
+from .middleware import (
+    ApiKey,
+    BodyTimeout,
+    MultipartClosed,
+    RequestContext,
+    ShutdownCutoff,
+    UploadLimit,
+)
 from .openapi import build_openapi
 from .routes import classify, embed, health, ui
 from .service import ZeroShotService
@@ -84,13 +91,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=ui.DOCS_ASSETS_DIR), name="docs-assets")
 
-    # added innermost first: SecurityHeaders wraps all (so middleware's own errors carry them too),
-    # then RequestContext, CORS, the key, the byte limit, the body timeout, the multipart closing check
+    # added innermost first: SecurityHeaders wraps all (so middleware's own errors carry them too), then
+    # RequestContext, CORS, the shutdown cut-off (its 503 gets the request id, the access log line and
+    # CORS headers), the key, the byte limit, the body timeout, the multipart closing check
     app.add_middleware(MultipartClosed)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(ApiKey, api_key=api_key)
+    app.add_middleware(ShutdownCutoff, drain_seconds=settings.drain_seconds)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -85,6 +85,51 @@ class RequestContext:
             access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"], status, elapsed * 1000)
 
 
+class ShutdownCutoff:
+    """JSON 503 ``shutting_down`` for a request still running when the SIGTERM drain ends.
+
+    uvicorn waits ``drain_seconds`` (its timeout_graceful_shutdown) for requests in flight, then
+    cancels their tasks and answers a plain-text 500 for each; the cancellation is caught here
+    instead, and a request whose answer has not started gets the service's own error. One whose
+    answer has started cannot be answered again: its cancellation goes on to uvicorn, which closes it."""
+
+    def __init__(self, app: ASGIApp, drain_seconds: int):
+        self.app = app
+        self.drain_seconds = drain_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            _uncancel()  # answered: the cancellation has done its work
+            await send_error(
+                scope,
+                send,
+                503,
+                "shutting_down",
+                f"the server is shutting down and this request outlasted its drain of {self.drain_seconds} s "
+                "(CLIP_DRAIN_SECONDS); retry: another replica or the restarted server will answer",
+                {"Retry-After": "2"},
+            )
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+        task.uncancel()
+
+
 class ApiKey:
     """Bearer key on the protected routes, checked before any body is read. The scheme name is
     case-insensitive (RFC 7235: "bearer KEY" is as good as "Bearer KEY"); the key is not."""

@@ -16,9 +16,10 @@ import torch
 
 from . import metrics
 from .batching import DynamicBatcher
+from .decoding import FairDecoder, PixelBudget
 from .engine import ZeroShotEngine, scores
 from .engine import top_k as take_top_k
-from .exceptions import NotReady
+from .exceptions import NotReady, ShuttingDown
 from .inputs import check_image_count, check_labels_known, check_top_k, clean_labels, clean_templates, clean_texts
 from .settings import Settings
 
@@ -36,7 +37,7 @@ class ZeroShotService:
         self.state = "starting"
         self.failure: str | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._decoders = FairDecoder(settings.decode_threads)
         self._loading: asyncio.Task | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -94,14 +95,15 @@ class ZeroShotService:
             self.state = "stopping"
             await self.batcher.close()
         self._model_thread.shutdown(wait=True)
-        self._decoders.shutdown(wait=True)
+        self._decoders.shutdown()
 
     def ready_engine(self) -> ZeroShotEngine:
+        if self.state == "stopping":
+            raise ShuttingDown()
         if self.state != "ready":
             message = {
                 "loading": "the model is still loading; retry shortly",
                 "failed": f"the model failed to load: {self.failure}",
-                "stopping": "the server is shutting down",
             }.get(self.state, "the server is starting")
             raise NotReady(message)
         assert self.engine is not None  # "ready" is set only once the engine is built
@@ -172,17 +174,16 @@ class ZeroShotService:
         return {"name": engine.name, "sha256": engine.sha256[:12]}
 
     async def _decode(self, uploads: Sequence[Upload]) -> list[torch.Tensor]:
-        loop = asyncio.get_running_loop()
-        engine = self.engine
-        assert engine is not None  # callers checked readiness; a drain still finishes its decodes
-        return list(
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._decoders, engine.decode_image, data, name or f"image {position}")
-                    for position, (name, data) in enumerate(uploads, start=1)
-                )
-            )
-        )
+        """Each upload decoded on the decode threads, fairly among requests (FairDecoder), the request's
+        pixels in all within CLIP_MAX_REQUEST_PIXELS."""
+        engine = self.ready_engine()
+        budget = PixelBudget(self.settings.max_request_pixels)
+
+        def decode(numbered: tuple[int, Upload]) -> torch.Tensor:
+            position, (name, data) = numbered
+            return engine.decode_image(data, name or f"image {position}", budget.take)
+
+        return await self._decoders.map(decode, list(enumerate(uploads, start=1)))
 
     async def _on_model_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=40_000_000, ge=1, description="largest image, width x height (decompression bombs)"
     )
+    max_request_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="most pixels one request's images may decode to, width x height summed (a JPEG counts at "
+        "the reduced scale it decodes at)",
+    )
     label_cache_size: int = Field(
         default=4096, ge=0, description="label embeddings kept (LRU, per label and template set)"
     )
@@ -54,6 +60,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="when set, required as 'Authorization: Bearer <key>'")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (empty = CORS off)")
     log_level: str = Field(default="info", description="uvicorn and access log level")
+    drain_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="after SIGTERM, how long requests in flight may still run; those still running then get "
+        "503 shutting_down (clip-serve only)",
+    )
 
     @property
     def cors_origin_list(self) -> list[str]:

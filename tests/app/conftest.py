@@ -17,13 +17,15 @@ LIMITS = dict(
     max_templates=2,
     max_label_chars=20,
     max_image_pixels=10_000,
+    max_request_pixels=15_000,
     max_template_chars=30,
     max_text_chars=40,
     body_timeout_s=1.5,
 )
 # batches close on size (4) long before the 5 s wait, so "batched together" is deterministic;
-# a lone image waits 5 s for company, long enough to send SIGTERM while it is in flight
-BATCHING = dict(max_batch=4, batch_wait_ms=5000, max_queue=4)
+# a lone image waits 5 s for company, long enough to send SIGTERM while it is in flight, and
+# within the 20 s drain, so it is answered
+BATCHING = dict(max_batch=4, batch_wait_ms=5000, max_queue=4, drain_seconds=20)
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,8 @@ def test_full_queue_answers_503_at_once(batching_server):
 
 
 # last in this module: it stops the server
-def test_sigterm_finishes_the_request_in_flight(batching_server):
+def test_sigterm_finishes_the_request_in_flight_within_the_drain(batching_server):
+    """5 s of batch wait within a 20 s drain: answered 200 (test_lifecycle.py has the other side)."""
     with ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(classify, batching_server.url, [("a.png", image_bytes())], ["cat", "dog"])
         wait_for_metric(batching_server, "clip_queued_images", 1)  # queued, waiting 5 s for company

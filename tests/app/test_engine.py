@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.engine import LabelCache, ZeroShotEngine
-from app.exceptions import Overloaded
+from app.exceptions import Overloaded, ShuttingDown
 
 from .batcher import run_in_virtual_time, running_batcher
 from .server import image_bytes
@@ -124,6 +124,25 @@ def test_a_batch_closes_max_wait_after_its_first_image_on_the_batchers_clock(eng
     assert sizes == [1, 2]
     assert waits == [[30.0], [30.0, 15.0]]  # queue waits on the virtual clock, exact
     assert finished_at == 60.0
+
+
+def test_a_request_cancelled_before_its_batch_runs_costs_no_forward_pass_and_closing_refuses(engine):
+    """The drain's end cancels requests in flight: their queued images are dropped, not run, and
+    a request after close is told the server is shutting down."""
+    sizes = []
+
+    async def scenario():
+        async with running_batcher(engine.run_batch, sizes, max_batch=4, max_wait=30, max_queue=4) as batcher:
+            image = engine.decode_image(image_bytes())
+            cut_off = asyncio.ensure_future(batcher.submit([image, image]))
+            await asyncio.sleep(0)
+            cut_off.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(ShuttingDown):
+            await batcher.submit([image])
+
+    asyncio.run(scenario())
+    assert sizes == []
 
 
 def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine, monkeypatch):

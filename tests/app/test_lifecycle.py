@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from app.main import check_startup, create_app
 from app.settings import DEFAULT_CHECKPOINT, Settings
 from tests.conftest import make_checkpoint
 
-from .server import Server
+from .server import Server, classify, image_bytes
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,42 @@ async def test_not_ready_before_the_model_has_loaded(tiny_checkpoint):
         assert (await client.get("/healthz")).status_code == 200
         busy = await client.post("/classify/json", json={"images": [], "labels": ["cat"]})
         assert busy.status_code == 503
+
+
+def test_a_request_that_outlasts_the_drain_gets_json_503_and_the_server_exits(tiny_checkpoint):
+    """A lone image waits 20 s for company; SIGTERM with a 1 s drain cuts it off with the service's
+    own 503, not uvicorn's plain-text 500, and the process still exits. (Under the default 30 s
+    drain the same request would be answered 200.)"""
+    server = Server(tiny_checkpoint, max_batch=4, batch_wait_ms=20_000, drain_seconds=1).wait_ready()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(classify, server.url, [("a.png", image_bytes())], ["cat"], timeout=120)
+            deadline = time.monotonic() + 60
+            while server.metric("clip_queued_images") != 1:
+                assert time.monotonic() < deadline, "the image never queued"
+                time.sleep(0.05)
+            server.process.send_signal(signal.SIGTERM)
+            response = in_flight.result()
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["retry-after"] == "2" and response.headers["x-request-id"]
+        body = response.json()
+        assert body["error"] == "shutting_down" and body["status"] == 503
+        assert "drain of 1 s (CLIP_DRAIN_SECONDS)" in body["message"]
+        assert server.wait_exit(60) in (0, -signal.SIGTERM)
+    finally:
+        output = server.finish()
+    assert "Application shutdown complete" in output
+    assert "Exception in ASGI application" not in output, output
+
+
+@pytest.mark.parametrize("value, accepted", [("0", True), ("-1", False), ("1.5", False)])
+def test_drain_seconds_is_a_whole_number_of_seconds_not_below_zero(monkeypatch, value, accepted):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("CLIP_DRAIN_SECONDS", value)
+    if accepted:
+        assert Settings().drain_seconds == int(value)
+    else:
+        with pytest.raises(ValidationError, match="drain_seconds"):
+            Settings()

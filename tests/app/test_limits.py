@@ -285,3 +285,15 @@ def test_a_multipart_body_without_its_closing_delimiter_is_a_400_not_a_label_few
     answer, _ = post_raw(server.url, headers, [body])
     assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert b"unterminated_multipart" in answer and b"closing delimiter" in answer
+
+
+def test_request_pixel_limit_both_sides(server):
+    """15,000 decoded pixels a request: 100x100 + 1x5,000 is exactly that; one pixel more is a 413."""
+    square = ("square.png", image_bytes(size=(100, 100)))
+    at_limit = classify(server.url, [square, ("sliver.png", image_bytes(size=(1, 5_000)))], ["cat"])
+    assert at_limit.status_code == 200, at_limit.text
+    over = classify(server.url, [square, ("sliver.png", image_bytes(size=(1, 5_001)))], ["cat"])
+    assert over.status_code == 413, over.text
+    body = over.json()
+    assert body["error"] == "too_many_pixels"
+    assert "more than 15000 pixels in all, the limit (CLIP_MAX_REQUEST_PIXELS)" in body["message"]

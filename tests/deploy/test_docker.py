@@ -386,6 +386,33 @@ def test_services_pass_every_setting_through(device):
     assert {name for name, value in environment.items() if value is None} == set(environment) - {"CLIP_DEVICE"}
 
 
+# After the drain (CLIP_DRAIN_SECONDS) the server still has to finish: the batch on the model thread,
+# the app's shutdown, the process exit. Docker's SIGKILL must not come before.
+SHUTDOWN_MARGIN_S = 10
+COMPOSE_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def compose_seconds(duration: str) -> float:
+    """A Compose duration ('40s', '1m30s', '500ms') in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(number + unit for number, unit in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(number) * COMPOSE_UNITS[unit] for number, unit in parts)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_stop_grace_period_covers_the_drain_and_the_shutdown_after_it(device):
+    require_app()
+    from app.settings import Settings
+
+    assert (compose_seconds("1m30s"), compose_seconds("500ms")) == (90, 0.5)
+    drain = float(dotenv().get("CLIP_DRAIN_SECONDS", Settings.model_fields["drain_seconds"].default))
+    grace = compose_seconds(service_on(device)["stop_grace_period"])
+    assert grace >= drain + SHUTDOWN_MARGIN_S, (
+        f"stop_grace_period {grace:g} s: Docker kills the server before its {drain:g} s drain and "
+        f"{SHUTDOWN_MARGIN_S} s of shutdown are over"
+    )
+
+
 def test_compose_settings_are_exactly_the_apps_settings():
     environment = set(service_on("cuda")["environment"])
     settings = app_setting_names()

@@ -40,9 +40,7 @@ NOT_IN_CONFIGMAP = {
 }
 # In the ConfigMap before the app reads them: settings other branches are adding. Once the app reads
 # one, the test says so, and its line here goes.
-AWAITED_SETTINGS = {
-    "CLIP_DRAIN_SECONDS": "the server's drain after SIGTERM, a setting on the shutdown branch (default 30)",
-}
+AWAITED_SETTINGS: dict[str, str] = {}  # settings a ConfigMap may carry ahead of the app reading them
 # The server's drain after SIGTERM where CLIP_DRAIN_SECONDS is not set (app/cli.py:
 # timeout_graceful_shutdown=30), and the least time left between the drain's end and SIGKILL.
 DEFAULT_DRAIN_SECONDS = 30

@@ -107,8 +107,21 @@ def test_normalisation_with_config_mean_std_and_uint8_path():
 def test_large_jpeg_decodes_through_draft():
     data = encoded(Image.new("RGB", (2048, 1536), (0, 128, 255)), "JPEG")
     assert model.load_image(data).size == (2048, 1536)
-    reduced = model.load_image(data, target_size=224)
+    sizes = []
+    reduced = model.load_image(data, target_size=224, before_decode=lambda *size: sizes.append(size))
     assert reduced.size == (512, 384)  # the largest JPEG scale (1/4) that still covers 224 x 224
+    assert sizes == [(512, 384)]  # the size told before decoding is the one decoded
+
+
+def test_before_decode_can_refuse_an_image_before_its_pixels_are_decoded():
+    class Refused(Exception):
+        pass
+
+    def refuse(width, height):
+        raise Refused(f"{width}x{height}")
+
+    with pytest.raises(Refused, match="300x200"):
+        model.load_image(encoded(Image.new("L", (300, 200)), "PNG"), before_decode=refuse)
 
 
 @pytest.mark.parametrize(
@@ -151,14 +164,16 @@ def test_a_decompression_bomb_is_refused_with_the_configured_limit_not_pillows()
 @pytest.mark.parametrize(
     "width, height, square",
     [
-        (333, 250, (41.5, 0, 291.5, 250)),  # the square is 250 wide, centred 41.5 px in (a half pixel)
         (40, 30, (5, 0, 35, 30)),  # 32 / 30: no whole-pixel intermediate size
-        (41, 30, (5.5, 0, 35.5, 30)),
+        (41, 30, (5.5, 0, 35.5, 30)),  # a half-pixel offset
         (30, 41, (0, 5.5, 30, 35.5)),
+        (101, 75, (13, 0, 88, 75)),
+        (100, 133, (0, 16.5, 100, 116.5)),
     ],
 )
 def test_crop_resamples_the_centred_square_of_the_source(width, height, square):
-    """At 32 px, against Pillow resampling the square found by hand."""
+    """At 32 px, against Pillow resampling the square found by hand. Every square is under 4x the
+    output per side, so Pillow's plain bicubic resize, no reduction first (that is the next test)."""
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     crop = model.preprocess_images([image], CROP, normalize=False)[0].permute(1, 2, 0).numpy()
@@ -190,21 +205,48 @@ def test_normalised_pixels_match_transformers_clip_image_processor(config, proce
     torch.testing.assert_close(model.preprocess_images([image], config), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("width, height", [(1, 1_000_000), (1_000_000, 1)])
-def test_a_sliver_image_resizes_without_a_giant_intermediate(width, height):
-    """Scaling the whole 1 x 1,000,000 image first would build 64 x 64,000,000 pixels (4 GB); under a
-    512 MiB address-space allowance beyond what the process holds, only the square's resampling fits."""
+def smooth_image(width: int, height: int) -> Image.Image:
+    """Photo-like: random colours at a coarse scale, smoothly interpolated."""
+    rng = np.random.default_rng(2)
+    coarse = Image.fromarray(rng.integers(0, 255, (max(height // 40, 2), max(width // 40, 2), 3), dtype=np.uint8))
+    return coarse.resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("vision", [CROP, SQUASH], ids=["crop", "squash"])
+def test_a_big_image_is_reduced_first_and_stays_close_to_the_full_bicubic_resize(vision):
+    """1200 x 900 at 32 px: Pillow's own resize with reducing_gap 2 (a box reduction by 14, then
+    bicubic), within a few levels of the full bicubic resize."""
+    image = smooth_image(1200, 900)
+    box = (150, 0, 1050, 900) if vision.resize_mode == "crop" else None
+    ours = model.preprocess_images([image], vision, normalize=False)[0].permute(1, 2, 0).numpy().astype(int)
+    reduced = image.resize((32, 32), Image.Resampling.BICUBIC, box=box, reducing_gap=2.0)
+    assert np.array_equal(ours, np.asarray(reduced))
+    full = np.asarray(image.resize((32, 32), Image.Resampling.BICUBIC, box=box)).astype(int)
+    assert np.abs(ours - full).mean() < 2 and np.abs(ours - full).max() <= 12
+
+
+@pytest.mark.parametrize(
+    "mode, width, height",
+    [("crop", 1, 1_000_000), ("crop", 1_000_000, 1), ("squash", 1, 10_000_000), ("squash", 10_000_000, 1)],
+)
+def test_a_sliver_image_resizes_without_a_giant_intermediate(mode, width, height):
+    """Cropping: scaling the whole 1 x 1,000,000 image first would build 64 x 64,000,000 pixels (4 GB).
+    Squashing 1 x 10,000,000 without the reduction first: Pillow 13's bicubic pass over 10,000,000 rows
+    holds a 320 MB table of filter weights (a Pillow that resamples width first would also build a
+    64 x 10,000,000 intermediate, 2.5 GB). Under a 256 MiB address-space allowance beyond what the
+    process holds, none of these fits."""
     script = f"""
 import resource
 from PIL import Image
 from model.config import VisionConfig
 from model.preprocess import resize
-image = Image.new("L", ({width}, {height}), 90)
+image = Image.new("RGB", ({width}, {height}), (90, 20, 200))
 with open("/proc/self/statm") as statm:
     held = int(statm.read().split()[0]) * resource.getpagesize()
-resource.setrlimit(resource.RLIMIT_AS, (held + 512 * 2**20, resource.RLIM_INFINITY))
-out = resize(image, VisionConfig(image_size=64, patch_size=8))
-assert out.size == (64, 64) and out.getpixel((10, 10)) == 90, out.size
+resource.setrlimit(resource.RLIMIT_AS, (held + 256 * 2**20, resource.RLIM_INFINITY))
+out = resize(image, VisionConfig(image_size=64, patch_size=8, resize_mode="{mode}"))
+colour = out.getpixel((10, 10))  # the flat colour, give or take the filters' rounding
+assert out.size == (64, 64) and max(abs(a - b) for a, b in zip(colour, (90, 20, 200))) <= 1, (out.size, colour)
 """
     completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]

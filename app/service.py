@@ -38,6 +38,7 @@ class ZeroShotService:
         self.failure: str | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._decoders = FairDecoder(settings.decode_threads)
+        self._decoding = 0  # images of requests still decoding: the batches they will join wait for them
         self._loading: asyncio.Task | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -63,6 +64,7 @@ class ZeroShotService:
             max_wait=self.settings.batch_wait_ms / 1000,
             max_queue=self.settings.max_queue,
             on_batch=metrics.observe_batch,
+            incoming=(lambda: self._decoding) if self.settings.batch_gather == "incoming" else None,
         )
         batcher.start()
         metrics.QUEUED.set_function(lambda: batcher.queued)
@@ -183,7 +185,11 @@ class ZeroShotService:
             position, (name, data) = numbered
             return engine.decode_image(data, name or f"image {position}", budget.take)
 
-        return await self._decoders.map(decode, list(enumerate(uploads, start=1)))
+        self._decoding += len(uploads)
+        try:
+            return await self._decoders.map(decode, list(enumerate(uploads, start=1)))
+        finally:
+            self._decoding -= len(uploads)
 
     async def _on_model_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         default=5.0, ge=0, description="how long a batch waits for more images once it has one"
     )
+    batch_gather: Literal["incoming", "always"] = Field(
+        default="incoming",
+        description="when a batch waits: 'incoming' only while other requests' images are still decoding "
+        "(a lone request starts at once), 'always' for CLIP_BATCH_WAIT_MS whatever is on its way",
+    )
     max_queue: int = Field(default=256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body, in bytes")
     body_timeout_s: float = Field(

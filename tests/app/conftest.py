@@ -23,9 +23,9 @@ LIMITS = dict(
     body_timeout_s=1.5,
 )
 # batches close on size (4) long before the 5 s wait, so "batched together" is deterministic;
-# a lone image waits 5 s for company, long enough to send SIGTERM while it is in flight, and
-# within the 20 s drain, so it is answered
-BATCHING = dict(max_batch=4, batch_wait_ms=5000, max_queue=4, drain_seconds=20)
+# a lone image waits 5 s for company (batch_gather=always: even with nothing on its way), long
+# enough to send SIGTERM while it is in flight, and within the 20 s drain, so it is answered
+BATCHING = dict(max_batch=4, batch_wait_ms=5000, batch_gather="always", max_queue=4, drain_seconds=20)
 
 
 @pytest.fixture(scope="session")

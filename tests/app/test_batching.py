@@ -78,3 +78,20 @@ def test_sigterm_finishes_the_request_in_flight_within_the_drain(batching_server
     assert "Application shutdown complete" in batching_server.finish()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{batching_server.url}/healthz", timeout=5)
+
+
+def test_a_lone_request_does_not_wait_for_company_that_is_not_coming(tiny_checkpoint):
+    """Under the default CLIP_BATCH_GATHER=incoming a batch waits only while other requests' images
+    are decoding: with a 10-minute CLIP_BATCH_WAIT_MS, requests sent one after another are each
+    answered, and the queue waits the server records are far below that wait (the bug: 600 s each)."""
+    from .server import Server
+
+    server = Server(tiny_checkpoint, batch_wait_ms=600_000).wait_ready()
+    try:
+        for color in ((200, 30, 30), (20, 40, 210)):
+            response = classify(server.url, [("a.png", image_bytes(color))], ["cat", "dog"], timeout=120)
+            assert response.status_code == 200, response.text
+        assert server.metric("clip_queue_wait_seconds_count") == 2
+        assert server.metric("clip_queue_wait_seconds_sum") < 120
+    finally:
+        server.finish()

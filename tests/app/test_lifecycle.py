@@ -122,7 +122,8 @@ def test_a_request_that_outlasts_the_drain_gets_json_503_and_the_server_exits(ti
     """A lone image waits 20 s for company; SIGTERM with a 1 s drain cuts it off with the service's
     own 503, not uvicorn's plain-text 500, and the process still exits. (Under the default 30 s
     drain the same request would be answered 200.)"""
-    server = Server(tiny_checkpoint, max_batch=4, batch_wait_ms=20_000, drain_seconds=1).wait_ready()
+    server = Server(tiny_checkpoint, max_batch=4, batch_wait_ms=20_000, batch_gather="always", drain_seconds=1)
+    server.wait_ready()
     try:
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(classify, server.url, [("a.png", image_bytes())], ["cat"], timeout=120)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from .conftest import LIMITS
-from .server import API_KEY, AUTH, ROOT
+from .server import API_KEY, AUTH, ROOT, Server
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")  # the dev extra's CLI, beside this venv's python
 # Every check runs. A schema cannot say "the bytes of a decodable image", "a label the vocabulary
@@ -82,8 +82,16 @@ def test_the_server_keeps_the_label_limits_its_schema_declares(server, labels_fo
     assert (answer.status_code, answer.json().get("error")) == ((200, None) if error is None else (422, error))
 
 
-def test_bearer_auth_is_declared_only_where_a_key_is_set(server, batching_server):
-    keyed, open_ = schema_of(server), schema_of(batching_server)  # the batching server has no key
+@pytest.fixture(scope="module")
+def server_without_key(tiny_checkpoint):
+    """Its own server: the session's keyless one (batching_server) is stopped by a drain test."""
+    keyless = Server(tiny_checkpoint).wait_ready()
+    yield keyless
+    keyless.finish()
+
+
+def test_bearer_auth_is_declared_only_where_a_key_is_set(server, server_without_key):
+    keyed, open_ = schema_of(server), schema_of(server_without_key)
     assert keyed["paths"]["/classify"]["post"]["security"] == [{"bearer": []}]
     assert "401" in keyed["paths"]["/classify"]["post"]["responses"]
     assert "securitySchemes" not in open_.get("components", {})

@@ -22,7 +22,7 @@ from model.data.emoji import (
     select_concepts,
     style_sources,
 )
-from model.data.emoji_catalog import is_unseen, load_concepts
+from model.data.emoji_catalog import VALIDATION_STYLE, is_unseen, load_concepts, split_of
 from model.data.emoji_leaks import image_distance, leak_features
 from model.data.emoji_sources import EMOJIBASE, EMOJIONE, ICONIFY_SVG_DIR, NOTO_V1, extract, write_iconify_svgs
 
@@ -72,6 +72,14 @@ def test_an_emoji_that_only_new_styles_bring_to_three_is_reported_not_added(cata
     assert CAT not in {c.hexcode for c in selected} and len(selected) == CONCEPTS[0] - 1
     report = build_report(concepts, selected, fewer, roots, [], [], full=True)
     assert report["newly_eligible"] == [[CAT, "cat face"]]
+
+
+def test_the_validation_style_draws_nearly_every_concept_and_openmoji_black_now_trains(catalog):
+    concepts, _, sources = catalog
+    selected = select_concepts(concepts, sources, None)
+    drawn = sum(c.hexcode in sources[VALIDATION_STYLE] for c in selected)
+    assert drawn / len(selected) > 0.95
+    assert split_of("openmoji-black", CAT) == "train" and split_of(VALIDATION_STYLE, CAT) == "val"
 
 
 # ----------------------------------------------------------------------------- parsing real icons

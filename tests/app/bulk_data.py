@@ -14,7 +14,7 @@ from PIL import Image
 
 from model.data.emoji_sources import TWITTER, EmojiDataError, default_cache_dir, extract
 
-from ..conftest import running_in_ci
+from ..ci_skips import running_in_ci
 
 # cat, dog, pizza, rocket, tree, house
 TWEMOJI = ("1f431", "1f436", "1f355", "1f680", "1f333", "1f3e0")

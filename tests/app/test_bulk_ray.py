@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from ..conftest import running_in_ci
+from ..ci_skips import running_in_ci
 from .bulk_data import TWEMOJI, make_collection, make_tar, photo_jpeg
 from .test_bulk import assert_same_scores, clip_classify, labels_and_checkpoint, read_jsonl
 

@@ -41,6 +41,7 @@ class DynamicBatcher:
         max_wait: float,
         max_queue: int,
         on_batch: Callable[[int, list[float]], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         incoming: Callable[[], int] | None = None,
     ):
@@ -50,6 +51,7 @@ class DynamicBatcher:
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, queue waits in seconds), for metrics
+        self.on_queue = on_queue  # images queued, each time that changes, for metrics
         self.clock = clock  # seconds; a test passes its event loop's virtual time
         # images accepted upstream but not submitted yet (still decoding): a batch waits up to
         # max_wait only while some are on their way; with none, a lone request starts at once.
@@ -82,6 +84,7 @@ class DynamicBatcher:
         now = self.clock()
         items = [_Item(pixels, context, loop.create_future(), now) for pixels in images]
         self._pending.extend(items)
+        self._queue_changed()
         self._arrived.set()
         return list(await asyncio.gather(*(item.future for item in items)))
 
@@ -102,7 +105,12 @@ class DynamicBatcher:
                 continue
             await self._fill_or_expire()
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._queue_changed()
             await self._execute(batch)
+
+    def _queue_changed(self) -> None:
+        if self.on_queue is not None:
+            self.on_queue(len(self._pending))
 
     async def _fill_or_expire(self) -> None:
         """Wait for more images until the batch is full, max_wait has passed since its first image

@@ -14,26 +14,33 @@ from pydantic import ValidationError
 
 from .exceptions import InvalidInput, ServiceError, StartupError
 from .settings import Settings, describe_settings_error
+from .workers import LOG_FORMAT
 
 
 def serve(argv: list[str] | None = None) -> None:
     """Run the server on CLIP_HOST:CLIP_PORT; settings come from CLIP_* environment variables."""
     import uvicorn
 
-    from .main import create_app
+    from .main import check_startup, create_app
+    from .workers import serve_workers
 
     parser = argparse.ArgumentParser(prog="clip-serve", description=serve.__doc__)
     parser.parse_args(argv)
     try:
         settings = Settings()
-        app = create_app(settings)
+        app = create_app(settings) if settings.workers == 1 else None
+        if app is None:  # each worker builds its own app; this process fails as early as a single one would
+            check_startup(settings)
     except ValidationError as error:
         print(f"clip-serve: {describe_settings_error(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except StartupError as error:
         print(f"clip-serve: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if app is None:
+        serve_workers(settings)  # app/workers.py: N processes on one port, each draining as below
+        return
     # uvicorn handles SIGTERM: stop accepting, let requests in flight run for CLIP_DRAIN_SECONDS (those
     # still running then get 503 shutting_down, app/middleware.py's ShutdownCutoff), run the app's shutdown
     uvicorn.run(

@@ -31,6 +31,7 @@ from .openapi import build_openapi
 from .routes import classify, embed, health, ui
 from .service import ZeroShotService
 from .settings import DEFAULT_CHECKPOINT, Settings
+from .workers import WorkerGroup
 
 log = logging.getLogger("app")
 
@@ -67,7 +68,10 @@ def stop_this_process() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     check_startup(settings)
-    service = ZeroShotService(settings, on_failure=stop_this_process)
+    workers = WorkerGroup.from_environment(settings)  # None unless clip-serve started several
+    service = ZeroShotService(
+        settings, on_failure=stop_this_process, on_ready=workers.mark_ready if workers is not None else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -84,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+    app.state.workers = workers
     app.state.settings = settings
     errors.install(app)
     for router in (classify.router, embed.router, health.router, ui.router):

@@ -1,8 +1,19 @@
-"""Prometheus collectors, in one registry of their own (served at GET /metrics)."""
+"""Prometheus collectors, in one registry of their own (served at GET /metrics).
+
+Under several workers (CLIP_WORKERS, app/workers.py) clip-serve sets PROMETHEUS_MULTIPROC_DIR before
+any worker imports this module: prometheus-client then keeps each value in a file per process, and
+/metrics adds up every worker's files (counters and histograms summed, clip_queued_images summed over
+the live workers). The names are the same either way.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+# prometheus-client chooses its value storage on import by the same variable, so decide here, once
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 REGISTRY = CollectorRegistry()
 
@@ -31,7 +42,7 @@ QUEUE_WAIT = Histogram(
 BATCH_SIZE = Histogram(
     "clip_batch_size", "images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY
 )
-QUEUED = Gauge("clip_queued_images", "images waiting for a batch", registry=REGISTRY)
+QUEUED = Gauge("clip_queued_images", "images waiting for a batch", multiprocess_mode="livesum", registry=REGISTRY)
 IMAGES = Counter("clip_images_classified_total", "images classified", registry=REGISTRY)
 CACHE_HITS = Counter("clip_label_cache_hits_total", "label embeddings found in the cache", registry=REGISTRY)
 CACHE_MISSES = Counter("clip_label_cache_misses_total", "label embeddings computed", registry=REGISTRY)
@@ -49,4 +60,8 @@ def observe_cache(hits: int, misses: int) -> None:
 
 
 def render() -> bytes:
-    return generate_latest(REGISTRY)
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY)
+    every_worker = CollectorRegistry()
+    multiprocess.MultiProcessCollector(every_worker)
+    return generate_latest(every_worker)

@@ -22,6 +22,7 @@ from .engine import top_k as take_top_k
 from .exceptions import NotReady, ShuttingDown
 from .inputs import check_image_count, check_labels_known, check_top_k, clean_labels, clean_templates, clean_texts
 from .settings import Settings
+from .workers import available_cores, threads_per_worker
 
 log = logging.getLogger("app.service")
 
@@ -29,9 +30,15 @@ Upload = tuple[str, bytes]  # (filename, bytes)
 
 
 class ZeroShotService:
-    def __init__(self, settings: Settings, on_failure: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        on_failure: Callable[[], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ):
         self.settings = settings
         self.on_failure = on_failure  # called once the background load has failed (the server stops itself)
+        self.on_ready = on_ready  # called once the model is loaded and warm (a worker tells its siblings)
         self.engine: ZeroShotEngine | None = None
         self.batcher: DynamicBatcher | None = None
         self.state = "starting"
@@ -44,8 +51,17 @@ class ZeroShotService:
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Load and warm up in the background; /readyz says 503 until it is done."""
+        self._share_the_cores()
         self.state = "loading"
         self._loading = asyncio.create_task(self._load(), name="load-model")
+
+    def _share_the_cores(self) -> None:
+        """CLIP_WORKERS processes split the cores this container may use. Set before the model and
+        decode threads start: PyTorch's thread count is per thread, and a new one takes the last set."""
+        cores = available_cores()
+        threads = threads_per_worker(self.settings.workers, cores)
+        torch.set_num_threads(threads)
+        log.info("%d PyTorch thread(s): %d core(s) available, %d worker(s)", threads, cores, self.settings.workers)
 
     async def _load(self) -> None:
         started = time.perf_counter()
@@ -64,11 +80,13 @@ class ZeroShotService:
             max_wait=self.settings.batch_wait_ms / 1000,
             max_queue=self.settings.max_queue,
             on_batch=metrics.observe_batch,
+            on_queue=metrics.QUEUED.set,
             incoming=(lambda: self._decoding) if self.settings.batch_gather == "incoming" else None,
         )
         batcher.start()
-        metrics.QUEUED.set_function(lambda: batcher.queued)
         self.state = "ready"
+        if self.on_ready is not None:
+            self.on_ready()
         log.info("ready in %.1f s", time.perf_counter() - started)
 
     async def wait_loaded(self) -> ZeroShotEngine:

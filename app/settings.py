@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="when set, required as 'Authorization: Bearer <key>'")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (empty = CORS off)")
     log_level: str = Field(default="info", description="uvicorn and access log level")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes on one port, each with its own copy of the model and its own batcher; "
+        "each gets available cores / workers PyTorch threads (clip-serve only)",
+    )
     drain_seconds: int = Field(
         default=30,
         ge=0,

@@ -6,6 +6,7 @@ the first request): requests/s, images/s, p50/p99 and the ratio to the ceiling.
 
     python bench/serve.py                        # the bundled checkpoint, 8 s a cell
     python bench/serve.py --checkpoint DIR --duration 4 --json results.json
+    python bench/serve.py --workers 2            # CLIP_WORKERS=2: two server processes on the port
 
 The load generator is wrk (Debian's, a Lua script posting the request's bytes) where installed:
 it is C and does not compete with the server for Python's GIL; elsewhere (a GPU host) bench/load.py,
@@ -144,19 +145,21 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per cell")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--workers", type=int, default=1, help="CLIP_WORKERS of the server (default 1)")
     args = parser.parse_args()
     wrk = shutil.which("wrk") is not None
     tower = ceiling(args.checkpoint)
     print(
         f"checkpoint {args.checkpoint}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"load from {'wrk' if wrk else 'bench/load.py'}; {args.duration:g} s a cell"
+        f"load from {'wrk' if wrk else 'bench/load.py'}; {args.duration:g} s a cell; "
+        f"server: {args.workers} worker(s)"
     )
     print(
         f"ceiling (the tower alone): batch 1 {tower['batch_1']['ms']:.1f} ms, "
         f"batch 32 {tower['batch_32']['images_per_s']:.0f} images/s"
     )
     pictures = {"64 px PNG": sample_png(), "640x480 JPEG": sample_jpeg(size=(640, 480))}
-    server = Server(args.checkpoint, max_queue=1024, log_level="warning").wait_ready()
+    server = Server(args.checkpoint, max_queue=1024, log_level="warning", workers=args.workers).wait_ready()
     cells = []
     try:
         for picture, data in pictures.items():
@@ -194,7 +197,10 @@ def main() -> None:
         server.finish()
     if args.json:
         args.json.write_text(
-            json.dumps({"checkpoint": str(args.checkpoint), "ceiling": tower, "cells": cells}, indent=2)
+            json.dumps(
+                {"checkpoint": str(args.checkpoint), "workers": args.workers, "ceiling": tower, "cells": cells},
+                indent=2,
+            )
         )
 
 

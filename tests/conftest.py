@@ -58,6 +58,15 @@ def make_checkpoint(directory, vocab_path, seed: int = 0, **changes):
     return model.save_pretrained(clip, tokenizer, directory)
 
 
+def make_unloadable_checkpoint(directory: Path, source: Path) -> Path:
+    """A copy of checkpoint ``source`` that passes the start-up checks (config and weights header) and
+    fails to load in the background: its vocabulary is shorter than the config's."""
+    for name in ("config.json", "model.safetensors"):
+        (directory / name).write_bytes((source / name).read_bytes())
+    (directory / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, vocab_path):
     """Path of a tiny CLIP checkpoint directory (config.json, model.safetensors, vocab.txt)."""

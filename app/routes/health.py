@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from .. import metrics
 from ..errors import openapi_responses
+from ..exceptions import NotReady
 from ..schemas import Health, ModelInfo
 
 router = APIRouter(tags=["health"])
@@ -20,10 +21,13 @@ async def healthz() -> dict:
     "/readyz",
     response_model=Health,
     responses=openapi_responses(503),
-    summary="Ready (model loaded and warmed up); 503 with Retry-After until then",
+    summary="Ready (model loaded and warmed up, in every worker); 503 with Retry-After until then",
 )
 async def readyz(request: Request) -> dict:
     request.app.state.service.ready_engine()
+    workers = request.app.state.workers
+    if workers is not None and (ready := workers.ready_count()) < workers.size:
+        raise NotReady(f"{ready} of {workers.size} workers have loaded the model; retry shortly")
     return {"status": "ready"}
 
 

@@ -28,7 +28,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint: Path | None, command: str = "clip-serve", **settings):
+    def __init__(
+        self,
+        checkpoint: Path | None,
+        command: str = "clip-serve",
+        environment: dict[str, str] | None = None,
+        **settings,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # the repo first, then whatever the caller had (a host may carry the service's packages there)
@@ -39,7 +45,9 @@ class Server:
         }
         if checkpoint is not None:
             env["CLIP_CHECKPOINT"] = str(checkpoint)
+        env["CLIP_WORKERS"] = "1"  # whatever the default: the tests of several workers ask for them
         env.update({f"CLIP_{key.upper()}": str(value) for key, value in settings.items()})
+        env.update(environment or {})
         if command == "clip-serve":
             argv = [sys.executable, "-m", "app.cli", "serve"]
         else:  # the other documented way to start it
@@ -82,6 +90,13 @@ class Server:
         text = httpx.get(f"{self.url}/metrics", headers=AUTH, timeout=10).text
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
+
+
+def wait_for_metric(server: Server, name: str, value: float, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while server.metric(name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.05)
 
 
 def image_bytes(color=(200, 30, 30), size=(48, 40), format="PNG", **save) -> bytes:

@@ -9,17 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from .server import classify, image_bytes
+from .server import classify, image_bytes, wait_for_metric
 
 IMAGES = [image_bytes(color) for color in ((200, 30, 30), (20, 40, 210), (30, 180, 60), (240, 220, 10))]
 LABEL_SETS = [["cat"], ["cat", "dog"], ["pizza", "cat", "a red balloon"], ["dog", "cat"]]
-
-
-def wait_for_metric(server, name, value, timeout=30):
-    deadline = time.monotonic() + timeout
-    while server.metric(name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
-        time.sleep(0.05)
 
 
 def test_concurrent_requests_share_one_batch_and_logits_do_not_change(server, batching_server):

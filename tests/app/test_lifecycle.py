@@ -14,7 +14,7 @@ import pytest
 from app.exceptions import StartupError
 from app.main import check_startup, create_app
 from app.settings import DEFAULT_CHECKPOINT, Settings
-from tests.conftest import make_checkpoint
+from tests.conftest import make_checkpoint, make_unloadable_checkpoint
 
 from .server import Server, classify, image_bytes
 
@@ -26,10 +26,7 @@ def failed_starts(tmp_path_factory, tiny_checkpoint):
     for name in ("model.safetensors", "vocab.txt"):
         (broken / name).write_bytes((tiny_checkpoint / name).read_bytes())
     (broken / "config.json").write_text(json.dumps({"vision": {"colour": "blue"}}))
-    short_vocab = tmp_path_factory.mktemp("short-vocab")  # passes the start-up checks, fails to load
-    for name in ("config.json", "model.safetensors"):
-        (short_vocab / name).write_bytes((tiny_checkpoint / name).read_bytes())
-    (short_vocab / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
+    short_vocab = make_unloadable_checkpoint(tmp_path_factory.mktemp("short-vocab"), tiny_checkpoint)
     servers = {
         "missing": Server(tmp_path_factory.mktemp("empty") / "nothing-here"),
         "load fails": Server(short_vocab),

@@ -4,8 +4,12 @@ gets the answer the README prints (labels, probabilities, the model's sha256).""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -72,3 +76,21 @@ def test_clip_serve_with_no_settings_answers_the_readme_quickstart_as_printed(de
         assert real["label"] == readme["label"]
         assert real["probability"] == pytest.approx(readme["probability"], abs=1e-3)
     assert got["top_k"][0]["label"] == "cat"
+
+
+def test_the_readmes_python_example_runs_and_names_the_cat(tmp_path, twemoji_cat):
+    """The README's library example, run as written from the repository root, with the Twemoji
+    cat saved as the cat.png it opens: it prints a probability per label, the cat's the highest."""
+    text = README.read_text()
+    example = re.search(r"## Use the model from Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "cat.png").write_bytes(twemoji_cat.read_bytes())
+    script = example.replace('"model/weights/emoji-clip"', repr(str(ROOT / "model" / "weights" / "emoji-clip")))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    probabilities = ast.literal_eval(run.stdout.strip().splitlines()[-1])
+    assert set(probabilities) == {"cat", "dog", "pizza", "rocket"}
+    assert max(probabilities, key=probabilities.get) == "cat"
+    assert sum(probabilities.values()) == pytest.approx(1, abs=0.01)

@@ -95,6 +95,13 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(bundle_path, 
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
 
 
+def run_training_cli(launcher: list[str], bundle_path, run_dir, steps: int) -> None:
+    """The training CLI, started by ``launcher``, for a few steps on one thread from the repository."""
+    arguments = ["--bundle", str(bundle_path), "--out", str(run_dir), "--max-steps", str(steps), "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([*launcher, *arguments], cwd=REPO, env=env, check=True, timeout=300)
+
+
 def test_bundle_training_needs_only_torch_and_numpy_then_assemble_makes_a_checkpoint(
     bundle_path, emoji_data, minilm_base, tmp_path
 ):
@@ -103,25 +110,7 @@ def test_bundle_training_needs_only_torch_and_numpy_then_assemble_makes_a_checkp
         "import sys; [sys.modules.__setitem__(m, None) for m in ('PIL', 'tokenizers', 'safetensors', 'transformers')]"
     )
     command = f"{blocked}; import runpy; runpy.run_module('model.train', run_name='__main__')"
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            command,
-            "--bundle",
-            str(bundle_path),
-            "--out",
-            str(run_dir),
-            "--max-steps",
-            "3",
-            "--threads",
-            "1",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
-        timeout=300,
-    )
+    run_training_cli([sys.executable, "-c", command], bundle_path, run_dir, steps=3)
     index = json.loads((run_dir / train.TRAINED_INDEX).read_text())
     outputs = {p.name for p in run_dir.iterdir()}
     assert outputs == {*index["shards"], train.TRAINED_INDEX, train.HISTORY_FILE, train.RESUME_FILE}
@@ -159,29 +148,16 @@ def test_trained_tensors_are_sharded_under_the_size_limit(tmp_path, monkeypatch)
 
 def test_torchrun_two_gloo_processes_train_two_steps(bundle_path, tmp_path):
     run_dir = tmp_path / "ddp"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "model.train",
-            "--bundle",
-            str(bundle_path),
-            "--out",
-            str(run_dir),
-            "--max-steps",
-            "2",
-            "--threads",
-            "1",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
-        timeout=300,
-    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "model.train",
+    ]
+    run_training_cli(launcher, bundle_path, run_dir, steps=2)
     history = json.loads((run_dir / train.HISTORY_FILE).read_text())
     assert history[-1]["step"] == 2
     _, trained = train.load_trained(run_dir)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +56,11 @@ class Server:
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        self.output = ""
+        # read the server's log as it comes: a pipe left unread fills (64 KiB of access-log lines) and
+        # the server's next log write blocks its event loop
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._lines.extend, args=(self.process.stdout,), daemon=True)
+        self._reader.start()
 
     def wait_ready(self) -> Server:
         deadline = time.monotonic() + START_TIMEOUT
@@ -82,8 +87,8 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.wait_exit(30)
-        self.output += self.process.stdout.read() if self.process.stdout else ""
-        return self.output
+        self._reader.join(30)
+        return "".join(self._lines)
 
     def metric(self, name: str) -> float:
         """Value of one sample line of GET /metrics (0 if absent)."""

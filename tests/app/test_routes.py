@@ -100,3 +100,12 @@ def test_openapi_documents_fields_limits_errors_and_auth(server):
     ]
     assert "CLIP_MAX_LABELS" in form["properties"]["labels"]["description"]
     assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_the_server_keeps_answering_after_more_log_than_a_pipe_holds(server):
+    """The test servers' logs go to a pipe the harness must keep reading: uvicorn's access log
+    (on under `uvicorn app.main:app`) writes a line per request, and 1,200 lines overflow a 64 KiB
+    pipe, after which an unread pipe blocks the server's event loop on its next log line."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(1200):
+            assert client.get("/healthz").status_code == 200

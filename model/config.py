@@ -20,6 +20,7 @@ from .errors import ConfigError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES = ("crop", "squash")
+STEMS = ("patch", "convolutional")
 
 
 @dataclass
@@ -38,6 +39,14 @@ class VisionConfig:
     resize_mode: str = "crop"
     mean: tuple[float, ...] = CLIP_MEAN  # one per input channel
     std: tuple[float, ...] = CLIP_STD
+    # Options for small data (off by default: seed, MiniLM and FLAVA checkpoints never use them).
+    # "patch": one patch_size x patch_size convolution (the seed). "convolutional": log2(patch_size)
+    # stride-2 3x3 convolutions then a 1x1 projection, the same token grid (Xiao et al. 2021,
+    # "Early convolutions help transformers see better").
+    stem: str = "patch"
+    # After this many blocks, halve the token grid's side with a stride-2 depthwise convolution
+    # (PiT, Heo et al. 2021): the remaining blocks run on a quarter of the tokens. 0: never.
+    pool_after: int = 0
 
     def validate(self) -> None:
         _require(
@@ -57,10 +66,29 @@ class VisionConfig:
             "vision.mean and vision.std need one value per channel",
         )
         _require(all(s > 0 for s in self.std), "vision.std values must be positive")
+        _require(self.stem in STEMS, f"vision.stem must be one of {STEMS}, got {self.stem!r}")
+        _require(
+            self.stem == "patch" or (self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0),
+            f"a convolutional stem halves the image per layer: vision.patch_size {self.patch_size} "
+            "must be a power of two",
+        )
+        _require(
+            self.pool_after == 0 or 1 <= self.pool_after < self.num_layers,
+            f"vision.pool_after {self.pool_after} must be between 1 and num_layers - 1 "
+            f"({self.num_layers - 1}), or 0 for no pooling",
+        )
+        _require(
+            self.pool_after == 0 or self.grid_size % 2 == 0,
+            f"token pooling halves the {self.grid_size}x{self.grid_size} token grid: it must have an even side",
+        )
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid_size**2
 
 
 @dataclass

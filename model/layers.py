@@ -6,6 +6,8 @@ means a ``state_dict()`` saved from the seed's code loads here with ``strict=Tru
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,6 +26,54 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class ConvolutionalStem(nn.Module):
+    """Xiao et al. 2021: stride-2 3x3 convolutions, each with normalisation and ReLU, halve the image
+    log2(patch_size) times, then a 1x1 convolution projects to ``embed_dim``: the same token grid as
+    a patch_size patch embedding, built from overlapping local filters. Channels double per layer,
+    ending at ``embed_dim`` (24, 48, 96, 192 for patch 16 and width 192).
+
+    GroupNorm with one group, not the paper's BatchNorm: per-image statistics behave the same in
+    training and serving and keep an image's result independent of the batch it is served in.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, embed_dim: int):
+        super().__init__()
+        self.num_patches = (image_size // patch_size) ** 2
+        depth = patch_size.bit_length() - 1  # patch_size = 2**depth
+        widths = [embed_dim >> (depth - 1 - layer) for layer in range(depth)]
+        layers: list[nn.Module] = []
+        for channels_in, channels_out in zip([in_channels, *widths[:-1]], widths):
+            layers += [
+                nn.Conv2d(channels_in, channels_out, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(1, channels_out),
+                nn.ReLU(),
+            ]
+        self.convolutions = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(widths[-1], embed_dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.convolutions(x))  # (B, D, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class TokenPooling(nn.Module):
+    """PiT's pooling layer (Heo et al. 2021) at constant width: the patch tokens, laid back on their
+    square grid, go through a stride-2 3x3 depthwise convolution (a learned local pooling that halves
+    the grid's side); the CLS token passes unchanged."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(embed_dim, embed_dim, kernel_size=3, stride=2, padding=1, groups=embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls_token, patches = x[:, :1], x[:, 1:]
+        batch, tokens, width = patches.shape
+        side = math.isqrt(tokens)
+        grid = patches.transpose(1, 2).reshape(batch, width, side, side)
+        pooled = self.conv(grid).flatten(2).transpose(1, 2)  # (B, tokens / 4, D)
+        return torch.cat((cls_token, pooled), dim=1)
 
 
 class MultiHeadAttention(nn.Module):

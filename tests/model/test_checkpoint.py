@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model
-from tests.conftest import make_checkpoint
+from tests.conftest import TINY_CONFIG, make_checkpoint, tiny_config
 
 
 @pytest.fixture
@@ -166,3 +166,18 @@ def test_a_malformed_safetensors_header_is_a_checkpoint_error(tiny_checkpoint, t
 def test_the_shipped_and_saved_checkpoints_pass_the_header_check(tiny_checkpoint):
     model.check_weights_header(tiny_checkpoint)
     model.check_weights_header(Path(__file__).resolve().parents[2] / "model" / "weights" / "emoji-clip")
+
+
+def test_a_tower_with_the_small_data_options_round_trips(tmp_path, vocab_path):
+    """The convolutional stem's and the pooling layer's weights travel in the same format."""
+    vision = {**TINY_CONFIG["vision"], "stem": "convolutional", "pool_after": 1}
+    saved = make_checkpoint(tmp_path / "ckpt", vocab_path, seed=5, vision=vision)
+    torch.manual_seed(5)
+    original = model.CLIP(tiny_config(vision=vision)).eval()
+    with torch.no_grad():
+        original.logit_scale.fill_(2.0)
+    loaded = model.load_pretrained(saved)
+    assert loaded.config.vision.stem == "convolutional" and loaded.config.vision.pool_after == 1
+    assert any("token_pool" in name for name, _ in loaded.named_parameters())
+    tokenizer = model.load_tokenizer(saved)
+    assert torch.equal(outputs(loaded, tokenizer), outputs(original, tokenizer))

@@ -1,0 +1,185 @@
+"""Image-tower ablation at equal CPU time: each variant trains from the same bundle for the same wall
+time, then is ranked on the validation style (top-5 and loss: short runs sit near chance on top-1).
+
+    python bench/ablation.py BUNDLE OUT_DIR                      # every variant, 15 min each, 2 at a time
+    python bench/ablation.py BUNDLE OUT_DIR --variants patch-16 conv-8-pool-2 --minutes 20
+    python bench/ablation.py BUNDLE OUT_DIR --report-only        # the table from runs already made
+
+A variant is the recipe's image tower with a few VisionConfig fields changed (VARIANTS), or the
+recipe with other fields changed (augmentations, the text projection). Each run is
+``clip-train bundle`` with ``max_seconds`` (the loop times its first steps and sizes its warmup and
+cosine schedule to end in time) on ``--threads`` threads; ``--parallel`` runs go at once, one per
+core, so each variant gets the same share of the machine. Keep anything else on the machine under
+``nice`` while it runs.
+
+Writes OUT_DIR/VARIANT/ (the run), OUT_DIR/results.json and prints a Markdown table: validation
+top-5, top-1, loss; training images/s (fp32, the loop's own steps, from bench/train_step.py's
+measure on a random batch); parameters; MFLOPs per image (forward, torch's FLOP counter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from train_step import measure  # noqa: E402
+
+from model import train  # noqa: E402
+from model.bundle import Bundle, load_bundle  # noqa: E402
+from model.config import VisionConfig  # noqa: E402
+from model.recipe import Recipe  # noqa: E402
+from model.vision import ViT  # noqa: E402
+
+# recipe changes per variant; "vision" entries change the bundle recipe's image tower
+VARIANTS: dict[str, dict] = {
+    "patch-16": {"vision": {"patch_size": 16}},
+    "patch-8": {"vision": {"patch_size": 8}},
+    "conv-16": {"vision": {"patch_size": 16, "stem": "convolutional"}},
+    "conv-8": {"vision": {"patch_size": 8, "stem": "convolutional"}},
+    "patch-8-pool-2": {"vision": {"patch_size": 8, "pool_after": 2}},
+    "conv-8-pool-2": {"vision": {"patch_size": 8, "stem": "convolutional", "pool_after": 2}},
+}
+
+
+def variant_recipe(bundle_recipe: Recipe, changes: dict) -> Recipe:
+    vision = {**bundle_recipe.vision, **changes.get("vision", {})}
+    return bundle_recipe.updated(**{**changes, "vision": vision})
+
+
+def train_variant(bundle: Path, run_dir: Path, changes: dict, seconds: float, threads: int) -> float:
+    """One training run in its own process (its own thread count); returns its wall time."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_file = run_dir / "changes.json"
+    recipe_file.write_text(json.dumps({**changes, "max_seconds": seconds, "epochs": 100_000}, indent=2))
+    command = [sys.executable, "-m", "model.train", "bundle", "--bundle", str(bundle), "--out", str(run_dir)]
+    command += ["--recipe", str(recipe_file), "--threads", str(threads), "--precision", "fp32"]
+    command += ["--save-every", str(10 * seconds)]
+    started = time.perf_counter()
+    with open(run_dir / "train.log", "w") as log:
+        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - started
+
+
+@torch.no_grad()
+def validation_metrics(run_dir: Path, bundle: Bundle, batch_size: int = 512) -> dict[str, float]:
+    """Top-1, top-5 and mean cross-entropy (at the learned temperature) of the validation-style
+    images against every concept's class prompt."""
+    recipe, tensors = train.load_trained(run_dir)
+    towers = train.TrainedTowers(recipe)
+    towers.load_state_dict(tensors)
+    towers.eval()
+    classes = towers.embed_texts(bundle.class_features)
+    temperature = towers.logit_scale.clamp(max=train.MAX_LOGIT_SCALE).exp()
+    top1 = top5 = loss = 0.0
+    for start in range(0, len(bundle.val_images), batch_size):
+        pixels = train.normalize(train.over_white(bundle.val_images[start : start + batch_size]))
+        logits = temperature * towers.embed_images(pixels) @ classes.t()
+        truth = bundle.val_concepts[start : start + batch_size]
+        ranked = logits.topk(5, dim=1).indices
+        top1 += float((ranked[:, 0] == truth).sum())
+        top5 += float((ranked == truth[:, None]).any(dim=1).sum())
+        loss += float(F.cross_entropy(logits, truth, reduction="sum"))
+    count = len(bundle.val_images)
+    return {"val_top5": 100 * top5 / count, "val_top1": 100 * top1 / count, "val_loss": loss / count}
+
+
+def tower_cost(recipe: Recipe) -> dict[str, float]:
+    config = VisionConfig(**recipe.vision)
+    tower = ViT(config).eval()
+    pixels = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tower(pixels)
+    return {
+        "parameters_m": sum(p.numel() for p in tower.parameters()) / 1e6,
+        "mflops": counter.get_total_flops() / 1e6,
+    }
+
+
+def training_rate(recipe: Recipe, threads: int, batch_size: int = 128) -> float:
+    """Training images/s at fp32 on ``threads`` threads: bench/train_step.py's measure."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        size, classes = recipe.vision["image_size"], 1700
+        generator = torch.Generator().manual_seed(0)
+        batch = {
+            "pixels": torch.randn(batch_size, 3, size, size, generator=generator),
+            "caption_features": torch.randn(batch_size, recipe.text_width, generator=generator),
+            "concepts": torch.randint(0, classes, (batch_size,), generator=generator),
+            "concept_targets": (torch.randn(classes, recipe.text_width, generator=generator), torch.arange(classes)),
+        }
+        return measure(recipe, batch, None, True, iterations=5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def report(rows: dict[str, dict]) -> str:
+    lines = [
+        "| variant | val top-5 % | val top-1 % | val loss | train img/s | steps | params (M) | MFLOPs/img |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in sorted(rows.items(), key=lambda item: -item[1]["val_top5"]):
+        lines.append(
+            f"| {name} | {row['val_top5']:.1f} | {row['val_top1']:.1f} | {row['val_loss']:.3f} | "
+            f"{row['images_per_second']:.0f} | {row['steps']} | {row['parameters_m']:.2f} | {row['mflops']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--minutes", type=float, default=15.0, help="training wall time per variant")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once (one per core)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--report-only", action="store_true", help="evaluate runs already in OUT")
+    args = parser.parse_args()
+
+    bundle = load_bundle(args.bundle)
+    if not args.report_only:
+        with ThreadPoolExecutor(args.parallel) as pool:
+            futures = {
+                name: pool.submit(
+                    train_variant, args.bundle, args.out / name, VARIANTS[name], 60 * args.minutes, args.threads
+                )
+                for name in args.variants
+            }
+            for name, future in futures.items():
+                print(f"{name}: trained in {future.result() / 60:.1f} min", flush=True)
+    rows = {}
+    for name in args.variants:
+        run_dir = args.out / name
+        recipe = variant_recipe(bundle.recipe, VARIANTS[name])
+        history = json.loads((run_dir / train.HISTORY_FILE).read_text())
+        rows[name] = {
+            **validation_metrics(run_dir, bundle),
+            **tower_cost(recipe),
+            "images_per_second": training_rate(recipe, args.threads),
+            "steps": history[-1]["step"],
+            "changes": VARIANTS[name],
+        }
+        print(name, json.dumps(rows[name]), flush=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(
+        f"\n{torch.__version__}, {args.threads} thread(s) per run, {args.parallel} at once, {args.minutes:g} min each\n"
+    )
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()

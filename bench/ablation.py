@@ -1,16 +1,17 @@
 """Image-tower ablation at equal CPU time: each variant trains from the same bundle for the same wall
 time, then is ranked on the validation style (top-5 and loss: short runs sit near chance on top-1).
 
-    python bench/ablation.py BUNDLE OUT_DIR                      # every variant, 15 min each, 2 at a time
+    python bench/ablation.py BUNDLE OUT_DIR                      # every variant, 15 CPU-minutes each, 2 at a time
     python bench/ablation.py BUNDLE OUT_DIR --variants patch-16 conv-8-pool-2 --minutes 20
     python bench/ablation.py BUNDLE OUT_DIR --report-only        # the table from runs already made
 
 A variant is the recipe's image tower with a few VisionConfig fields changed (VARIANTS), or the
 recipe with other fields changed (augmentations, the text projection). Each run is
 ``clip-train bundle`` with ``max_seconds`` (the loop times its first steps and sizes its warmup and
-cosine schedule to end in time) on ``--threads`` threads; ``--parallel`` runs go at once, one per
-core, so each variant gets the same share of the machine. Keep anything else on the machine under
-``nice`` while it runs.
+cosine schedule to end in time) on one thread, with one change: the budget counts the process's
+CPU time (``time.process_time``), not wall time. On a machine other jobs share (``nice`` is not
+honoured in this sandbox), wall time would give each variant whatever the others left it; CPU time
+on one thread gives every variant the same compute. ``--parallel`` runs go at once, one per core.
 
 Writes OUT_DIR/VARIANT/ (the run), OUT_DIR/results.json and prints a Markdown table: validation
 top-5, top-1, loss; training images/s (fp32, the loop's own steps, from bench/train_step.py's
@@ -48,9 +49,9 @@ VARIANTS: dict[str, dict] = {
     "patch-16": {"vision": {"patch_size": 16}},
     "patch-8": {"vision": {"patch_size": 8}},
     "conv-16": {"vision": {"patch_size": 16, "stem": "convolutional"}},
+    "conv-8-pool-2": {"vision": {"patch_size": 8, "stem": "convolutional", "pool_after": 2}},
     "conv-8": {"vision": {"patch_size": 8, "stem": "convolutional"}},
     "patch-8-pool-2": {"vision": {"patch_size": 8, "pool_after": 2}},
-    "conv-8-pool-2": {"vision": {"patch_size": 8, "stem": "convolutional", "pool_after": 2}},
 }
 
 
@@ -59,14 +60,18 @@ def variant_recipe(bundle_recipe: Recipe, changes: dict) -> Recipe:
     return bundle_recipe.updated(**{**changes, "vision": vision})
 
 
-def train_variant(bundle: Path, run_dir: Path, changes: dict, seconds: float, threads: int) -> float:
-    """One training run in its own process (its own thread count); returns its wall time."""
+def train_variant(bundle: Path, run_dir: Path, changes: dict, seconds: float) -> float:
+    """One training run in its own process, on one thread, for ``seconds`` of CPU time; returns its wall time."""
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_file = run_dir / "changes.json"
     recipe_file.write_text(json.dumps({**changes, "max_seconds": seconds, "epochs": 100_000}, indent=2))
-    command = [sys.executable, "-m", "model.train", "bundle", "--bundle", str(bundle), "--out", str(run_dir)]
-    command += ["--recipe", str(recipe_file), "--threads", str(threads), "--precision", "fp32"]
-    command += ["--save-every", str(10 * seconds)]
+    arguments = ["bundle", "--bundle", str(bundle), "--out", str(run_dir), "--recipe", str(recipe_file)]
+    arguments += ["--threads", "1", "--precision", "fp32", "--save-every", str(10 * seconds)]
+    on_cpu_time = (
+        "import sys, time; from model import train; "
+        "train.TimeBudget.__init__.__defaults__ = (time.process_time,); sys.exit(train.main(sys.argv[1:]))"
+    )
+    command = [sys.executable, "-c", on_cpu_time, *arguments]
     started = time.perf_counter()
     with open(run_dir / "train.log", "w") as log:
         subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -144,9 +149,8 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--minutes", type=float, default=15.0, help="training wall time per variant")
+    parser.add_argument("--minutes", type=float, default=15.0, help="training CPU time per variant")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one per core)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report-only", action="store_true", help="evaluate runs already in OUT")
     args = parser.parse_args()
 
@@ -154,9 +158,7 @@ def main() -> None:
     if not args.report_only:
         with ThreadPoolExecutor(args.parallel) as pool:
             futures = {
-                name: pool.submit(
-                    train_variant, args.bundle, args.out / name, VARIANTS[name], 60 * args.minutes, args.threads
-                )
+                name: pool.submit(train_variant, args.bundle, args.out / name, VARIANTS[name], 60 * args.minutes)
                 for name in args.variants
             }
             for name, future in futures.items():
@@ -169,15 +171,13 @@ def main() -> None:
         rows[name] = {
             **validation_metrics(run_dir, bundle),
             **tower_cost(recipe),
-            "images_per_second": training_rate(recipe, args.threads),
+            "images_per_second": training_rate(recipe, threads=1),
             "steps": history[-1]["step"],
             "changes": VARIANTS[name],
         }
         print(name, json.dumps(rows[name]), flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(
-        f"\n{torch.__version__}, {args.threads} thread(s) per run, {args.parallel} at once, {args.minutes:g} min each\n"
-    )
+    print(f"\n{torch.__version__}, one thread per run, {args.parallel} at once, {args.minutes:g} CPU minutes each\n")
     print(report(rows))
 
 

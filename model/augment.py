@@ -4,15 +4,24 @@ Input: a batch of RGBA drawings, uint8 (B, 4, H, W). Output: RGB floats in [0, 1
 Transparency is composited over varied backgrounds; then random scale/translate/small rotation,
 blur, pixel noise and JPEG artifacts. Never a horizontal flip (arrows, text and directional
 emoji would change meaning) and never a hue change (colour is in the labels: "red heart").
+
+Style randomisation (each off by default, so a recipe without it trains exactly as before): the
+drawing's outline grown or shrunk by a pixel and its colours flattened to a few levels, before
+compositing; then a random convolution blended in at low strength, and greyscale for images whose
+concept does not depend on colour (``depends_on_colour``: the caller passes the mask).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .errors import ConfigError
 
 
 @dataclass
@@ -27,15 +36,61 @@ class AugmentConfig:
     noise_std: float = 0.04
     jpeg: float = 0.25  # probability of JPEG compression artifacts
     jpeg_quality: tuple[float, float] = (25.0, 85.0)
+    # style randomisation; every probability defaults to 0 (off)
+    outline: float = 0.0  # probability of growing or shrinking (half each) the drawing's alpha by 1 px
+    posterize: float = 0.0  # probability of flattening the drawing's colours to 2**bits levels per channel
+    posterize_bits: tuple[int, int] = (2, 5)  # bits drawn uniformly from this range, both ends included
+    random_convolution: float = 0.0  # probability of RandConv (Xu et al. 2021), a random 1x1 or 3x3 conv
+    random_convolution_strength: float = 0.3  # the largest blend weight of the convolved image (< 0.5)
+    greyscale: float = 0.0  # probability of greyscale, on images whose concept does not depend on colour
+
+    def __post_init__(self):
+        low, high = self.posterize_bits
+        if not 1 <= low <= high <= 8:
+            raise ConfigError(
+                f"posterize_bits must be (low, high) with 1 <= low <= high <= 8, not {self.posterize_bits}"
+            )
+        if not 0 <= self.random_convolution_strength < 0.5:
+            raise ConfigError(
+                "random_convolution_strength must be in [0, 0.5): below one half a pixel's strongest channel "
+                f"stays its strongest, so colours keep their names; not {self.random_convolution_strength}"
+            )
 
 
-def augment(rgba: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (B, 4, H, W) RGBA -> float (B, 3, H, W) RGB in [0, 1], each image differently augmented."""
+def augment(
+    rgba: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator | None = None,
+    keep_colour: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 (B, 4, H, W) RGBA -> float (B, 3, H, W) RGB in [0, 1], each image differently augmented.
+    ``keep_colour``: (B,) bool, True for the images whose concept depends on colour (never greyscaled);
+    needed when ``config.greyscale`` is on."""
+    if config.greyscale and keep_colour is None:
+        raise ConfigError(
+            "greyscale needs keep_colour, the images whose concept depends on colour (see depends_on_colour)"
+        )
     x = rgba.float() / 255.0
+    x = _style(x, config.outline, generator, lambda chosen: outline(chosen, _coin(chosen, generator)))
+    x = _style(
+        x,
+        config.posterize,
+        generator,
+        lambda chosen: posterize(chosen, _bits(chosen, config.posterize_bits, generator)),
+    )
     premultiplied = torch.cat((x[:, :3] * x[:, 3:], x[:, 3:]), dim=1)  # so resampling leaves no dark fringes
     premultiplied = random_affine(premultiplied, config, generator)
     color, alpha = premultiplied[:, :3], premultiplied[:, 3:]
     x = color + backgrounds(x.shape[0], x.shape[-2], x.shape[-1], config, x.device, generator) * (1 - alpha)
+    x = _style(
+        x,
+        config.random_convolution,
+        generator,
+        lambda chosen: random_convolution(
+            chosen, _uniform(chosen, (0.0, config.random_convolution_strength), generator), generator
+        ),
+    )
+    x = _style(x, config.greyscale, generator, greyscale, allowed=None if keep_colour is None else ~keep_colour)
     x = _some(
         x, config.blur, generator, lambda chosen: gaussian_blur(chosen, _uniform(chosen, config.blur_sigma, generator))
     )
@@ -55,11 +110,16 @@ def augment(rgba: torch.Tensor, config: AugmentConfig, generator: torch.Generato
     return x
 
 
-def _some(x: torch.Tensor, probability: float, generator, transform) -> torch.Tensor:
-    """Apply ``transform`` to a random share ``probability`` of the images. On the CPU it is computed
-    on those only; on a GPU on all of them and blended, because picking the chosen ones out waits
-    for the device (a host sync per call) and the GPU has the spare arithmetic."""
+def _some(
+    x: torch.Tensor, probability: float, generator, transform, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply ``transform`` to a random share ``probability`` of the images (of those ``allowed``, (B,)
+    bool, if given). On the CPU it is computed on those only; on a GPU on all of them and blended,
+    because picking the chosen ones out waits for the device (a host sync per call) and the GPU has
+    the spare arithmetic."""
     chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < probability
+    if allowed is not None:
+        chosen &= allowed
     if x.device.type != "cpu":
         return torch.where(chosen.view(-1, 1, 1, 1), transform(x), x)
     chosen = chosen.nonzero().squeeze(1)
@@ -68,6 +128,80 @@ def _some(x: torch.Tensor, probability: float, generator, transform) -> torch.Te
     x = x.clone()
     x[chosen] = transform(x[chosen])
     return x
+
+
+def _style(x: torch.Tensor, probability: float, generator, transform, allowed: torch.Tensor | None = None):
+    """``_some`` for the style transforms, which draw no random numbers when off, so that a recipe
+    without them gets the very augmentations (and generator states) it got before they existed."""
+    return _some(x, probability, generator, transform, allowed) if probability > 0 else x
+
+
+def outline(x: torch.Tensor, grow: torch.Tensor) -> torch.Tensor:
+    """Straight (not premultiplied) RGBA (B, 4, H, W): alpha dilated by one pixel (3x3 max) where
+    ``grow`` (B,) is True, eroded by one where False; outside the frame counts as transparent.
+    Newly covered pixels take their covered neighbours' alpha-weighted mean colour (no dark fringe
+    from the zeroed colour of transparent pixels), so a drawing's outline thickens in its own colour."""
+    color, alpha = x[:, :3], x[:, 3:]
+    padded_alpha = F.pad(alpha, (1, 1, 1, 1))
+    dilated = F.max_pool2d(padded_alpha, 3, stride=1)
+    eroded = -F.max_pool2d(-padded_alpha, 3, stride=1)
+    neighbours = F.avg_pool2d(F.pad(color * alpha, (1, 1, 1, 1)), 3, stride=1)
+    fill = neighbours / F.avg_pool2d(padded_alpha, 3, stride=1).clamp(min=1e-6)
+    color = torch.where(alpha > 0, color, fill)
+    return torch.cat((color, torch.where(grow.view(-1, 1, 1, 1), dilated, eroded)), dim=1)
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """RGB or RGBA (B, 3 or 4, H, W) in [0, 1]: the colour channels flattened to 2**bits levels (bits
+    (B,), one per image), each 8-bit value's top ``bits`` bits spread over the full range so that
+    black and white stay as they are; alpha is kept."""
+    levels = (2**bits).to(x.dtype).view(-1, 1, 1, 1)
+    flat = torch.floor(torch.round(x[:, :3] * 255) * levels / 256) / (levels - 1)
+    return torch.cat((flat, x[:, 3:]), dim=1)
+
+
+def random_convolution(x: torch.Tensor, strength: torch.Tensor, generator) -> torch.Tensor:
+    """RandConv (Xu et al. 2021) on (B, 3, H, W) in [0, 1]: each image through its own random conv,
+    a 3x3 or (half the time) a 1x1 kernel with N(0, 1) weights mixing the RGB channels, then blended
+    in with weight ``strength`` (B,). The convolved image is matched to the original's mean and
+    spread per channel, so the image's overall colour balance is kept; clamped to [0, 1] and
+    blended at a weight below one half, a pixel's strongest channel stays its strongest (a red
+    stays reddest): texture and local contrast change, the colour names in the labels stay true."""
+    batch, channels, height, width = x.shape
+    kernels = torch.randn((batch, channels, channels, 3, 3), generator=generator, device=x.device, dtype=x.dtype)
+    one_by_one = torch.rand(batch, generator=generator, device=x.device) < 0.5
+    centre = torch.zeros((3, 3), device=x.device, dtype=x.dtype)
+    centre[1, 1] = 1
+    kernels = torch.where(one_by_one.view(-1, 1, 1, 1, 1), kernels * centre, kernels)
+    padded = F.pad(x.reshape(1, batch * channels, height, width), (1, 1, 1, 1), mode="replicate")
+    convolved = F.conv2d(padded, kernels.view(batch * channels, channels, 3, 3), groups=batch)
+    convolved = convolved.view(batch, channels, height, width)
+    mean, spread = convolved.mean(dim=(2, 3), keepdim=True), convolved.std(dim=(2, 3), keepdim=True)
+    matched = (convolved - mean) / (spread + 1e-6) * x.std(dim=(2, 3), keepdim=True) + x.mean(dim=(2, 3), keepdim=True)
+    return torch.lerp(x, matched.clamp(0, 1), strength.view(-1, 1, 1, 1))
+
+
+def greyscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> the ITU-R 601 luma (Pillow's convert("L")) in all three channels."""
+    luma = torch.einsum("c,bchw->bhw", _YCBCR[0].to(x.device, x.dtype), x)
+    return luma.unsqueeze(1).expand_as(x).contiguous()
+
+
+# Colour words whose colour greyscale destroys. Black, white, grey and silver are left out: greyscale
+# keeps luminance, so a black cat or a white flag stays what its name says.
+_COLOUR_WORDS = re.compile(
+    r"\b(red|orange|yellow|green|blue|purple|violet|pink|brown|gold|golden|bronze|copper|rainbow|blond|blonde"
+    r"|ginger|redhead|cyan|magenta|turquoise|teal|beige|colou?red|colou?rful|skin tones?)\b",
+    re.IGNORECASE,
+)
+# emojibase subgroups whose concepts are told apart by colour alone (France and Italy differ in one stripe)
+_COLOUR_SUBGROUPS = {"country-flag", "subdivision-flag"}
+
+
+def depends_on_colour(texts: Iterable[str], subgroup: str | None = None) -> bool:
+    """Whether a concept with these names and captions (and emojibase subgroup) would be mislabelled
+    in grey: a colour word in any text ("red heart", "thumbs up: dark skin tone"), or a flag."""
+    return subgroup in _COLOUR_SUBGROUPS or any(_COLOUR_WORDS.search(text) for text in texts)
 
 
 def random_affine(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -230,6 +364,14 @@ def _ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
     matrix = torch.linalg.inv(_YCBCR).to(x.device, x.dtype)
     offset = torch.tensor([0.0, 0.5, 0.5], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return torch.einsum("ij,bjhw->bihw", matrix, x - offset)
+
+
+def _coin(x: torch.Tensor, generator) -> torch.Tensor:
+    return torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+
+
+def _bits(x: torch.Tensor, bounds: tuple[int, int], generator) -> torch.Tensor:
+    return torch.randint(bounds[0], bounds[1] + 1, (x.shape[0],), generator=generator, device=x.device)
 
 
 def _uniform(x: torch.Tensor, bounds: tuple[float, float], generator, count: int = 1) -> torch.Tensor:

@@ -11,6 +11,7 @@ A zip of .npy arrays (numpy's .npz layout, LZMA-compressed members):
     val_images        (M, S, S, 4) uint8, the validation style (may be empty)
     val_concepts      (M,) int32 indices into class_features
     class_features    (C, text_width) float16 pooled outputs of recipe.val_template for every concept
+    concept_colour_named  (C,) bool: the concept's label or captions depend on colour (never greyscaled)
 
 The text tower is frozen, so its pooled outputs are all training needs of it; the trained
 text projection is applied to them in the training step.
@@ -47,6 +48,7 @@ class Bundle:
     val_images: torch.Tensor  # (M, 4, S, S) uint8
     val_concepts: torch.Tensor  # (M,) long
     class_features: torch.Tensor  # (C, T) float32
+    concept_colour_named: torch.Tensor | None = None  # (C,) bool; None in bundles packed before it existed
 
     def caption_draws(self, sampling: str = "uniform") -> torch.Tensor:
         """Cumulative draw weights over caption_index, each image's own summing to 1, so image i's
@@ -84,11 +86,17 @@ def load_bundle(path: str | Path) -> Bundle:
 
     def tensor(name: str) -> torch.Tensor:
         array = data[name]
+        if array.dtype == np.bool_:
+            return torch.from_numpy(array)
         if array.dtype == np.uint8 and array.ndim == 4:
             return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
         return torch.from_numpy(array).float() if array.dtype == np.float16 else torch.from_numpy(array).long()
 
-    return Bundle(recipe, **{name: tensor(name) for name in Bundle.__dataclass_fields__ if name != "recipe"})
+    optional = {"concept_colour_named"}
+    names = [
+        name for name in Bundle.__dataclass_fields__ if name != "recipe" and (name in data or name not in optional)
+    ]
+    return Bundle(recipe, **{name: tensor(name) for name in names})
 
 
 def write_bundle(path: str | Path, recipe: Recipe, arrays: dict[str, np.ndarray]) -> Path:
@@ -156,6 +164,7 @@ def pack(data_dir: str | Path, bundle_path: str | Path, recipe: Recipe, base: st
         "val_images": load_rgba(data_dir, val, size, recipe.vision.get("resize_mode", "crop")),
         "val_concepts": np.array([concept_row[concept_key(r)] for r in val], dtype=np.int32),
         "class_features": class_features,
+        "concept_colour_named": colour_named_concepts(concepts, train),
     }
     path = write_bundle(bundle_path, recipe, arrays)
     megabytes = path.stat().st_size / 2**20
@@ -180,6 +189,19 @@ def concept_labels(records: list[dict]) -> dict[str, str]:
     for record in records:
         labels.setdefault(concept_key(record), record.get("label") or record["captions"][0])
     return labels
+
+
+def colour_named_concepts(concepts: dict[str, str], records: list[dict]) -> np.ndarray:
+    """(C,) bool, in ``concepts`` order: whether greyscale would make the concept's class name or
+    the captions of its training images (``records``) false (model.augment.depends_on_colour)."""
+    from .augment import depends_on_colour
+
+    texts: dict[str, list[str]] = {key: [label] for key, label in concepts.items()}
+    subgroups: dict[str, str] = {}
+    for record in records:
+        texts[concept_key(record)].extend(record["captions"])
+        subgroups.setdefault(concept_key(record), record.get("subgroup", ""))
+    return np.array([depends_on_colour(texts[key], subgroups.get(key)) for key in concepts], dtype=bool)
 
 
 def _is_base_image(record: dict) -> bool:

@@ -404,6 +404,7 @@ def train_bundle(
             print(f"resumed {run_dir} after epoch {start_epoch}", file=sys.stderr)
     model = nn.parallel.DistributedDataParallel(towers) if world > 1 else towers
     augment_config = AugmentConfig(**recipe.augment)
+    keep_colour = concepts_keeping_colour(bundle, augment_config, device)
     draws = bundle.caption_draws(recipe.caption_sampling)
     concept_targets = None
     if recipe.concept_loss_weight:
@@ -437,7 +438,13 @@ def train_bundle(
             captions = bundle.sample_captions(indices, generator, draws)
             pixels = train_images[indices.to(resident)].to(device)
             indices = indices.to(device)
-            pixels = normalize(augment(pixels, augment_config, _device_generator(device, generator)))
+            pixels = augment(
+                pixels,
+                augment_config,
+                _device_generator(device, generator),
+                None if keep_colour is None else keep_colour[train_concepts[indices]],
+            )
+            pixels = normalize(pixels)
             loss, accuracy = training_step(
                 model,
                 optimizer,
@@ -507,6 +514,18 @@ def train_bundle(
     if world > 1:
         dist.destroy_process_group()
     return run_dir
+
+
+def concepts_keeping_colour(bundle: Bundle, config: AugmentConfig, device: torch.device) -> torch.Tensor | None:
+    """(C,) bool on ``device``: the concepts greyscale must not touch (None while greyscale is off)."""
+    if not config.greyscale:
+        return None
+    if bundle.concept_colour_named is None:
+        raise ModelError(
+            "greyscale needs the bundle's concept_colour_named (which concepts depend on colour), and this "
+            "bundle was packed before it existed: pack it again"
+        )
+    return bundle.concept_colour_named.to(device)
 
 
 def _device_generator(device: torch.device, seeded_from: torch.Generator) -> torch.Generator:

@@ -12,15 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import model
 from model import train
 from model.augment import AugmentConfig, augment, jpeg_artifacts
-from model.bundle import MAX_BUNDLE_BYTES, Bundle, load_bundle, pack, pooled_text_features
+from model.bundle import MAX_BUNDLE_BYTES, Bundle, load_bundle, pack, pooled_text_features, write_bundle
 from model.data.index import read_index
-from model.errors import ConfigError
+from model.errors import ConfigError, ModelError
 from model.recipe import Recipe
 from tests.model.conftest import TINY_EMBED_DIM, TINY_VISION
 
@@ -331,3 +332,60 @@ def test_trained_towers_clamp_the_temperature_at_100():
         (logits,) = towers(pixels, texts)
         cosines = towers.embed_images(pixels) @ towers.embed_texts(texts).t()
     torch.testing.assert_close(logits, 100.0 * cosines, rtol=1e-6, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- greyscale and the label-colour rule
+
+
+def test_pack_marks_the_concepts_that_depend_on_colour_and_greyscale_spares_their_images(bundle_path, emoji_data):
+    bundle = load_bundle(bundle_path)
+    records = read_index(emoji_data / "index.jsonl")
+    row = {key: row for row, key in enumerate(dict.fromkeys(r["concept"] for r in records))}
+    flags = bundle.concept_colour_named
+    assert flags.dtype == torch.bool and flags.shape == (len(bundle.class_features),)
+    assert flags[row["2764"]] and flags[row["1F34E"]]  # red heart, red apple
+    assert not flags[row["1F431"]] and not flags[row["1F600"]]  # cat face, grinning face
+
+    keep_colour = flags[bundle.train_concepts]
+    quiet_grey = AugmentConfig(**QUIET, greyscale=1.0)
+    out = augment(bundle.train_images, quiet_grey, torch.Generator().manual_seed(0), keep_colour)
+    red_hearts = bundle.train_concepts == row["2764"]
+    assert red_hearts.any() and keep_colour.any() and not keep_colour.all()
+    torch.testing.assert_close(out[keep_colour], train.over_white(bundle.train_images[keep_colour]), rtol=0, atol=1e-5)
+    grey = out[~keep_colour]
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+
+
+def test_the_training_loop_spares_the_colour_named_concepts_of_each_batch(bundle_path, tmp_path, monkeypatch):
+    """The real augment and training step, each call's arguments kept: greyscale's mask is the
+    bundle's flags of the very concepts the step trains on."""
+    masks, batches = [], []
+
+    def augment_keeping_mask(pixels, config, generator, keep_colour):
+        masks.append(keep_colour.cpu())
+        return augment(pixels, config, generator, keep_colour)
+
+    def step_keeping_concepts(model, optimizer, pixels, captions, concepts, *rest, **options):
+        batches.append(concepts.cpu())
+        return training_step(model, optimizer, pixels, captions, concepts, *rest, **options)
+
+    training_step = train.training_step
+    monkeypatch.setattr(train, "augment", augment_keeping_mask)
+    monkeypatch.setattr(train, "training_step", step_keeping_concepts)
+    style = dict(outline=0.5, posterize=0.5, random_convolution=0.5, greyscale=0.5)
+    run = train.train_bundle(bundle_path, tmp_path, {"max_steps": 6, "augment": style})
+    assert json.loads((run / train.HISTORY_FILE).read_text())[-1]["step"] == 6
+    flags = load_bundle(bundle_path).concept_colour_named
+    assert len(masks) == len(batches) == 6 and any(mask.any() for mask in masks)
+    for mask, concepts in zip(masks, batches):
+        assert torch.equal(mask, flags[concepts])
+
+
+def test_greyscale_on_a_bundle_packed_before_the_colour_flags_is_a_clear_error(bundle_path, tmp_path):
+    with np.load(bundle_path) as arrays:
+        older = {name: arrays[name] for name in arrays.files if name not in ("recipe", "concept_colour_named")}
+    old_bundle = write_bundle(tmp_path / "old.npz", load_bundle(bundle_path).recipe, older)
+    assert load_bundle(old_bundle).concept_colour_named is None
+    train.train_bundle(old_bundle, tmp_path / "plain", {"max_steps": 1})  # still trains without greyscale
+    with pytest.raises(ModelError, match="pack it again"):
+        train.train_bundle(old_bundle, tmp_path / "grey", {"max_steps": 1, "augment": {"greyscale": 0.5}})

@@ -52,12 +52,28 @@ VARIANTS: dict[str, dict] = {
     "conv-8-pool-2": {"vision": {"patch_size": 8, "stem": "convolutional", "pool_after": 2}},
     "conv-8": {"vision": {"patch_size": 8, "stem": "convolutional"}},
     "patch-8-pool-2": {"vision": {"patch_size": 8, "pool_after": 2}},
+    # the chosen tower (patch-16) with the style-randomising augmentations, or its image embeddings
+    # trained into the frozen text tower's own space
+    "patch-16-style-augment": {
+        "vision": {"patch_size": 16},
+        "augment": {"outline": 0.25, "posterize": 0.25, "random_convolution": 0.25, "greyscale": 0.1},
+    },
+    "patch-16-identity-text": {"vision": {"patch_size": 16}, "text_projection": "identity"},
 }
 
 
+def variant_changes(bundle_recipe: Recipe, changes: dict) -> dict:
+    """The variant's recipe changes, its vision and augment fields merged into the bundle recipe's."""
+    merged = {
+        field: {**getattr(bundle_recipe, field), **changes[field]}
+        for field in ("vision", "augment")
+        if field in changes
+    }
+    return {**changes, **merged}
+
+
 def variant_recipe(bundle_recipe: Recipe, changes: dict) -> Recipe:
-    vision = {**bundle_recipe.vision, **changes.get("vision", {})}
-    return bundle_recipe.updated(**{**changes, "vision": vision})
+    return bundle_recipe.updated(**variant_changes(bundle_recipe, changes))
 
 
 def train_variant(bundle: Path, run_dir: Path, changes: dict, seconds: float) -> float:
@@ -158,7 +174,13 @@ def main() -> None:
     if not args.report_only:
         with ThreadPoolExecutor(args.parallel) as pool:
             futures = {
-                name: pool.submit(train_variant, args.bundle, args.out / name, VARIANTS[name], 60 * args.minutes)
+                name: pool.submit(
+                    train_variant,
+                    args.bundle,
+                    args.out / name,
+                    variant_changes(bundle.recipe, VARIANTS[name]),
+                    60 * args.minutes,
+                )
                 for name in args.variants
             }
             for name, future in futures.items():

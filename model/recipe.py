@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ConfigError
 
 CAPTION_SAMPLING = ("uniform", "specific")
+TEXT_PROJECTIONS = ("learned", "identity")
 
 
 @dataclass
@@ -21,6 +22,10 @@ class Recipe:
     embed_dim: int = 384
     text_width: int = 0
     logit_scale_init: float = math.log(1 / 0.07)
+    # "learned": a trained linear map of the frozen text tower's output. "identity": held at the
+    # identity (embed_dim must equal text_width), so images are trained into the text tower's own
+    # space, where synonyms it knows ("kitty", "cat") already lie close together.
+    text_projection: str = "learned"
     # optimisation
     epochs: int = 12
     batch_size: int = 256
@@ -46,6 +51,10 @@ class Recipe:
     val_template: str = "an emoji of {}."  # class prompts for the per-epoch validation accuracy
 
     def __post_init__(self):
+        if self.text_projection not in TEXT_PROJECTIONS:
+            raise ConfigError(
+                f"text_projection must be one of {', '.join(TEXT_PROJECTIONS)}, not {self.text_projection!r}"
+            )
         if self.caption_sampling not in CAPTION_SAMPLING:
             raise ConfigError(
                 f"caption_sampling must be one of {', '.join(CAPTION_SAMPLING)}, not {self.caption_sampling!r}"

@@ -56,6 +56,14 @@ class TrainedTowers(nn.Module):
         self.image_encoder = ViT(vision)
         self.image_projection = nn.Linear(vision.width, recipe.embed_dim, bias=False)
         self.text_projection = nn.Linear(recipe.text_width, recipe.embed_dim, bias=False)
+        if recipe.text_projection == "identity":
+            if recipe.text_width != recipe.embed_dim:
+                raise ModelError(
+                    f"text_projection 'identity' needs embed_dim equal to the text width {recipe.text_width}, "
+                    f"not {recipe.embed_dim}"
+                )
+            nn.init.eye_(self.text_projection.weight)
+            self.text_projection.weight.requires_grad_(False)
         self.logit_scale = nn.Parameter(torch.tensor(float(recipe.logit_scale_init)))
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -199,8 +207,9 @@ class TimeBudget:
 
 def make_optimizer(towers: TrainedTowers, recipe: Recipe) -> torch.optim.AdamW:
     """Weight decay on matrices only (not on biases, norms, embeddings' offsets or the temperature)."""
-    decay = [p for p in towers.parameters() if p.ndim >= 2 and p is not towers.image_encoder.pos_embed]
-    rest = [p for p in towers.parameters() if all(p is not q for q in decay)]
+    trained = [p for p in towers.parameters() if p.requires_grad]  # not a text projection held at the identity
+    decay = [p for p in trained if p.ndim >= 2 and p is not towers.image_encoder.pos_embed]
+    rest = [p for p in trained if all(p is not q for q in decay)]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     fused = next(towers.parameters()).device.type == "cuda"  # one kernel for all parameters instead of dozens
     return torch.optim.AdamW(groups, lr=recipe.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=fused)

@@ -4,7 +4,7 @@ against what clip-train now chooses (--precision auto, plain-math attention on C
     python bench/train_step.py                    # the shipped recipe's image tower, batch 128
     python bench/train_step.py --patch 8          # the same tower at patch 8
 
-Both configurations run model.train.training_step, the function the training loop calls, on
+Both configurations run model.training.loop.training_step, the function the training loop calls, on
 the same random batch, interleaved so machine drift hits both alike. Prints images/s for each
 and the ratio; absolute numbers on shared machines are noise, the ratio is the figure to report.
 """
@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import train  # noqa: E402
-from model.recipe import Recipe  # noqa: E402
+from model.training import loop as train  # noqa: E402
+from model.training.recipe import Recipe  # noqa: E402
 
 SHIPPED_RECIPE = ROOT / "model" / "weights" / "emoji-clip" / "recipe.json"
 

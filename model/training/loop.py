@@ -1,8 +1,8 @@
 """clip-train: train a CLIP's image side against a frozen text tower (LiT with the text side locked).
 
     clip-train [train] DATA_DIR OUT [--recipe JSON] [--epochs N] ...   # pack + train + assemble here
-    clip-train pack DATA_DIR BUNDLE [--recipe JSON]                     # self-contained bundle (model/bundle.py)
-    python -m model.train --bundle BUNDLE --out RUN_DIR                 # torch + numpy only; torchrun works
+    clip-train pack DATA_DIR BUNDLE [--recipe JSON]                     # self-contained bundle (model/training/bundle.py)
+    python -m model.training --bundle BUNDLE --out RUN_DIR                 # torch + numpy only; torchrun works
     clip-train assemble RUN_DIR CHECKPOINT [--data DATA_DIR]            # + the MiniLM text tower -> checkpoint
 
 Trained: the ViT, both projections and the temperature (logit_scale, clamped at ln 100), with a
@@ -32,13 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..clip import MAX_LOGIT_SCALE
+from ..config import CLIP_MEAN, CLIP_STD, VisionConfig
+from ..errors import ModelError
+from ..vision import ViT
 from .augment import AugmentConfig, augment
 from .bundle import Bundle, load_bundle
-from .clip import MAX_LOGIT_SCALE
-from .config import CLIP_MEAN, CLIP_STD, VisionConfig
-from .errors import ModelError
 from .recipe import Recipe
-from .vision import ViT
 
 MAX_SHARD_BYTES = 16 * 1024 * 1024
 MAX_RESIDENT_IMAGE_BYTES = 4 * 2**30  # a bigger training set stays in host memory, copied batch by batch
@@ -529,8 +529,8 @@ def assemble(
     With DATA_DIR, zero_shot_templates are the candidates that do best on the validation style."""
     import tempfile
 
+    from ..checkpoint import check_state_dict, save_pretrained
     from .bundle import base_model
-    from .checkpoint import check_state_dict, save_pretrained
     from .plot import plot_history
 
     recipe, tensors = load_trained(run_dir)
@@ -546,7 +546,7 @@ def assemble(
         if templates:
             clip.config.zero_shot_templates = list(templates)
         elif data_dir is not None:
-            from .eval import choose_templates
+            from ..eval import choose_templates
 
             clip.config.zero_shot_templates = choose_templates(clip, tokenizer, data_dir)
         out = save_pretrained(clip, tokenizer, out_dir, dtype=torch.float16)
@@ -563,7 +563,7 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe",
         type=Path,
-        help="JSON file of Recipe fields (model/recipe.py); "
+        help="JSON file of Recipe fields (model/training/recipe.py); "
         "for a bundle, training fields that change the bundle's recipe",
     )
     parser.add_argument("--epochs", type=int)
@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_arguments(pack)
 
     bundle = commands.add_parser(
-        "bundle", parents=[common], help="train from a bundle (what `python -m model.train --bundle` runs)"
+        "bundle", parents=[common], help="train from a bundle (what `python -m model.training --bundle` runs)"
     )
     bundle.add_argument("--bundle", type=Path, required=True)
     bundle.add_argument("--out", type=Path, required=True, help="RUN_DIR for the trained tensors")
@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("train", "pack", "bundle", "assemble", "-h", "--help"):
-        # python -m model.train --bundle BUNDLE ...; otherwise train is the default command
+        # python -m model.training --bundle BUNDLE ...; otherwise train is the default command
         argv.insert(0, "bundle" if any(a.split("=")[0] == "--bundle" for a in argv) else "train")
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise ModelError(
                     "under torchrun, pack first (clip-train pack DATA_DIR BUNDLE), "
-                    "then run python -m model.train --bundle BUNDLE --out RUN_DIR"
+                    "then run python -m model.training --bundle BUNDLE --out RUN_DIR"
                 )
             bundle = args.out / "bundle.npz"
             if not (args.resume and bundle.exists()):

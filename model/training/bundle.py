@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 from .recipe import Recipe
 
 MAX_BUNDLE_BYTES = 48 * 1024 * 1024  # what an offline GPU host is assumed to accept in one transfer
@@ -112,8 +112,8 @@ def write_bundle(path: str | Path, recipe: Recipe, arrays: dict[str, np.ndarray]
 def pack(data_dir: str | Path, bundle_path: str | Path, recipe: Recipe, base: str | Path | None = None) -> Path:
     """Read DATA_DIR/index.jsonl, render the training and validation images at the model's input
     size, encode every caption once with the frozen text tower, write the bundle."""
-    from .convert.minilm import DEFAULT_VISION
-    from .data.index import read_index
+    from ..convert.minilm import DEFAULT_VISION
+    from ..data.index import read_index
 
     data_dir = Path(data_dir)
     index = data_dir / "index.jsonl"
@@ -190,9 +190,9 @@ def _is_base_image(record: dict) -> bool:
 def base_model(recipe: Recipe, base: str | Path | None, scratch: str | Path):
     """The frozen text tower's checkpoint: ``base`` if given, else all-MiniLM-L6-v2 with a fresh
     image tower of the recipe's shape (written to ``scratch``)."""
-    from . import checkpoint
-    from .config import VisionConfig
-    from .convert.minilm import convert
+    from .. import checkpoint
+    from ..config import VisionConfig
+    from ..convert.minilm import convert
 
     if base is None:
         base = convert(Path(scratch) / "base", vision=VisionConfig(**recipe.vision), embed_dim=recipe.embed_dim)
@@ -211,8 +211,8 @@ def pooled_text_features(clip, tokenizer, texts: list[str], batch_size: int = 25
 
 def load_rgba(data_dir: Path, records: list[dict], size: int, resize_mode: str) -> np.ndarray:
     """(N, size, size, 4) uint8; fully transparent pixels zeroed (they compress to nothing)."""
-    from .config import VisionConfig
-    from .preprocess import load_image, resize
+    from ..config import VisionConfig
+    from ..preprocess import load_image, resize
 
     vision = VisionConfig(image_size=size, resize_mode=resize_mode)
     images = np.zeros((len(records), size, size, 4), dtype=np.uint8)

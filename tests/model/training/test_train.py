@@ -16,15 +16,15 @@ import pytest
 import torch
 
 import model
-from model import train
-from model.augment import AugmentConfig, augment, jpeg_artifacts
-from model.bundle import MAX_BUNDLE_BYTES, Bundle, load_bundle, pack, pooled_text_features
 from model.data.index import read_index
 from model.errors import ConfigError
-from model.recipe import Recipe
+from model.training import loop as train
+from model.training.augment import AugmentConfig, augment, jpeg_artifacts
+from model.training.bundle import MAX_BUNDLE_BYTES, Bundle, load_bundle, pack, pooled_text_features
+from model.training.recipe import Recipe
 from tests.model.conftest import TINY_EMBED_DIM, TINY_VISION
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 QUIET = dict(blur=0.0, noise=0.0, jpeg=0.0, white_background=1.0, scale=(1.0, 1.0), translate=0.0, rotate_degrees=0.0)
 
 
@@ -109,7 +109,7 @@ def test_bundle_training_needs_only_torch_and_numpy_then_assemble_makes_a_checkp
     blocked = (
         "import sys; [sys.modules.__setitem__(m, None) for m in ('PIL', 'tokenizers', 'safetensors', 'transformers')]"
     )
-    command = f"{blocked}; import runpy; runpy.run_module('model.train', run_name='__main__')"
+    command = f"{blocked}; import runpy; runpy.run_module('model.training', run_name='__main__')"
     run_training_cli([sys.executable, "-c", command], bundle_path, run_dir, steps=3)
     index = json.loads((run_dir / train.TRAINED_INDEX).read_text())
     outputs = {p.name for p in run_dir.iterdir()}
@@ -155,7 +155,7 @@ def test_torchrun_two_gloo_processes_train_two_steps(bundle_path, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "model.train",
+        "model.training",
     ]
     run_training_cli(launcher, bundle_path, run_dir, steps=2)
     history = json.loads((run_dir / train.HISTORY_FILE).read_text())

@@ -26,11 +26,10 @@ from . import zero_shot
 from .checkpoint import load_pretrained, load_tokenizer
 from .clip import CLIP
 from .data.emoji_catalog import EVERYDAY, TEST_STYLE, VALIDATION_STYLE, load_paraphrases
-from .data.index import read_index
+from .data.index import concept_key, concept_labels, read_index
 from .errors import ModelError
 from .preprocess import open_images
 from .tokenizer import Tokenizer
-from .training.bundle import concept_key, concept_labels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Candidates for zero_shot_templates, compared on the validation style only.

@@ -21,7 +21,8 @@ import numpy as np
 from common import CARRY, ROOT, Results, log, setting, step_arguments
 
 from model.training.bundle import write_bundle
-from model.training.loop import HISTORY_FILE, train_bundle
+from model.training.loop import train_bundle
+from model.training.outputs import HISTORY_FILE
 from model.training.recipe import Recipe
 
 GPU_RECIPE = ROOT / "model" / "weights" / "emoji-clip" / "recipe-gpu.json"

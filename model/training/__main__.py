@@ -1,7 +1,7 @@
-"""``python -m model.training``: the clip-train command line (see model/training/loop.py)."""
+"""``python -m model.training``: the clip-train command line (model/training/cli.py)."""
 
 import sys
 
-from .loop import main
+from .cli import main
 
 sys.exit(main())

@@ -7,11 +7,11 @@ time, then is ranked on the validation style (top-5 and loss: short runs sit nea
 
 A variant is the recipe's image tower with a few VisionConfig fields changed (VARIANTS), or the
 recipe with other fields changed (augmentations, the text projection). Each run is
-``clip-train bundle`` with ``max_seconds`` (the loop times its first steps and sizes its warmup and
-cosine schedule to end in time) on one thread, with one change: the budget counts the process's
-CPU time (``time.process_time``), not wall time. On a machine other jobs share (``nice`` is not
-honoured in this sandbox), wall time would give each variant whatever the others left it; CPU time
-on one thread gives every variant the same compute. ``--parallel`` runs go at once, one per core.
+``clip-train bundle --threads 1 --budget-clock cpu`` with ``max_seconds``: the loop times its first
+steps and sizes its warmup and cosine schedule to end when the process has used that much CPU time.
+On a machine other jobs share (``nice`` is not honoured in this sandbox), a wall-time budget would
+give each variant whatever the others left it; CPU time on one thread gives every variant the same
+compute. ``--parallel`` runs go at once, one per core.
 
 Writes OUT_DIR/VARIANT/ (the run), OUT_DIR/results.json and prints a Markdown table: validation
 top-5, top-1, loss; training images/s (fp32, the loop's own steps, from bench/train_step.py's
@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +37,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_step import measure  # noqa: E402
 
-from model import train  # noqa: E402
-from model.bundle import Bundle, load_bundle  # noqa: E402
 from model.config import VisionConfig  # noqa: E402
-from model.recipe import Recipe  # noqa: E402
+from model.training.bundle import Bundle, load_bundle  # noqa: E402
+from model.training.outputs import HISTORY_FILE, load_trained  # noqa: E402
+from model.training.recipe import Recipe  # noqa: E402
+from model.training.towers import TrainedTowers  # noqa: E402
+from model.training.validate import validate  # noqa: E402
 from model.vision import ViT  # noqa: E402
 
 # recipe changes per variant; "vision" entries change the bundle recipe's image tower
@@ -81,40 +82,23 @@ def train_variant(bundle: Path, run_dir: Path, changes: dict, seconds: float) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_file = run_dir / "changes.json"
     recipe_file.write_text(json.dumps({**changes, "max_seconds": seconds, "epochs": 100_000}, indent=2))
-    arguments = ["bundle", "--bundle", str(bundle), "--out", str(run_dir), "--recipe", str(recipe_file)]
-    arguments += ["--threads", "1", "--precision", "fp32", "--save-every", str(10 * seconds)]
-    on_cpu_time = (
-        "import sys, time; from model import train; "
-        "train.TimeBudget.__init__.__defaults__ = (time.process_time,); sys.exit(train.main(sys.argv[1:]))"
-    )
-    command = [sys.executable, "-c", on_cpu_time, *arguments]
+    command = [sys.executable, "-m", "model.training", "bundle", "--bundle", str(bundle), "--out", str(run_dir)]
+    command += ["--recipe", str(recipe_file), "--threads", "1", "--budget-clock", "cpu", "--precision", "fp32"]
+    command += ["--save-every", str(10 * seconds)]
     started = time.perf_counter()
     with open(run_dir / "train.log", "w") as log:
         subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - started
 
 
-@torch.no_grad()
-def validation_metrics(run_dir: Path, bundle: Bundle, batch_size: int = 512) -> dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy (at the learned temperature) of the validation-style
-    images against every concept's class prompt."""
-    recipe, tensors = train.load_trained(run_dir)
-    towers = train.TrainedTowers(recipe)
+def validation_metrics(run_dir: Path, bundle: Bundle) -> dict[str, float]:
+    """The training loop's own validation of the run's final tensors, in percent."""
+    recipe, tensors = load_trained(run_dir)
+    towers = TrainedTowers(recipe)
     towers.load_state_dict(tensors)
-    towers.eval()
-    classes = towers.embed_texts(bundle.class_features)
-    temperature = towers.logit_scale.clamp(max=train.MAX_LOGIT_SCALE).exp()
-    top1 = top5 = loss = 0.0
-    for start in range(0, len(bundle.val_images), batch_size):
-        pixels = train.normalize(train.over_white(bundle.val_images[start : start + batch_size]))
-        logits = temperature * towers.embed_images(pixels) @ classes.t()
-        truth = bundle.val_concepts[start : start + batch_size]
-        ranked = logits.topk(5, dim=1).indices
-        top1 += float((ranked[:, 0] == truth).sum())
-        top5 += float((ranked == truth[:, None]).any(dim=1).sum())
-        loss += float(F.cross_entropy(logits, truth, reduction="sum"))
-    count = len(bundle.val_images)
-    return {"val_top5": 100 * top5 / count, "val_top1": 100 * top1 / count, "val_loss": loss / count}
+    result = validate(towers.eval(), bundle, torch.device("cpu"))
+    assert result is not None, "the bundle has no validation images"
+    return {"val_top5": 100 * result.top5, "val_top1": 100 * result.top1, "val_loss": result.loss}
 
 
 def tower_cost(recipe: Recipe) -> dict[str, float]:
@@ -189,7 +173,7 @@ def main() -> None:
     for name in args.variants:
         run_dir = args.out / name
         recipe = variant_recipe(bundle.recipe, VARIANTS[name])
-        history = json.loads((run_dir / train.HISTORY_FILE).read_text())
+        history = json.loads((run_dir / HISTORY_FILE).read_text())
         rows[name] = {
             **validation_metrics(run_dir, bundle),
             **tower_cost(recipe),

@@ -4,7 +4,7 @@ against what clip-train now chooses (--precision auto, plain-math attention on C
     python bench/train_step.py                    # the shipped recipe's image tower, batch 128
     python bench/train_step.py --patch 8          # the same tower at patch 8
 
-Both configurations run model.train.training_step, the function the training loop calls, on
+Both configurations run model.training.step.training_step, the function the training loop calls, on
 the same random batch, interleaved so machine drift hits both alike. Prints images/s for each
 and the ratio; absolute numbers on shared machines are noise, the ratio is the figure to report.
 """
@@ -23,8 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import train  # noqa: E402
-from model.recipe import Recipe  # noqa: E402
+from model.training.optim import make_optimizer  # noqa: E402
+from model.training.recipe import Recipe  # noqa: E402
+from model.training.step import training_precision, training_step  # noqa: E402
+from model.training.towers import TrainedTowers  # noqa: E402
 
 SHIPPED_RECIPE = ROOT / "model" / "weights" / "emoji-clip" / "recipe.json"
 
@@ -32,12 +34,12 @@ SHIPPED_RECIPE = ROOT / "model" / "weights" / "emoji-clip" / "recipe.json"
 def measure(recipe: Recipe, batch: dict, autocast_dtype, math_attention: bool, iterations: int) -> float:
     """Median images/s over ``iterations`` timed steps, after two warm-up steps, from the same start."""
     torch.manual_seed(0)
-    towers = train.TrainedTowers(recipe).train()
-    optimizer = train.make_optimizer(towers, recipe)
+    towers = TrainedTowers(recipe).train()
+    optimizer = make_optimizer(towers, recipe)
     timings = []
     for step in range(iterations + 2):
         start = time.perf_counter()
-        train.training_step(
+        training_step(
             towers,
             optimizer,
             **batch,
@@ -71,7 +73,7 @@ def main() -> None:
         if recipe.concept_loss_weight
         else None,
     }
-    chosen = train.training_precision(torch.device("cpu"))
+    chosen = training_precision(torch.device("cpu"))
     configurations = {
         "fp32, default attention": (None, False),
         f"{str(chosen or torch.float32).removeprefix('torch.')}, math attention": (chosen, True),

@@ -7,7 +7,7 @@
     classes = model.zero_shot.label_embeddings(clip, tok, ["cat", "dog"], ["a photo of a {}."])
     probabilities = clip.similarity_logits(clip.encode_image(pixels), classes).softmax(dim=-1)
 
-Names are imported on first use, so ``python -m model.train --bundle`` runs on a host with only
+Names are imported on first use, so ``python -m model.training --bundle`` runs on a host with only
 torch and numpy (no Pillow, tokenizers or safetensors needed until something asks for them).
 """
 

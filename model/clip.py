@@ -20,7 +20,22 @@ from .vision import ViT
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-class CLIP(nn.Module):
+class ContrastiveHead(nn.Module):
+    """The CLIP head over normalised embeddings: its temperature and similarity logits. CLIP and
+    training's TrainedTowers share it; a subclass sets ``logit_scale``."""
+
+    logit_scale: nn.Parameter
+
+    def temperature(self) -> torch.Tensor:
+        """exp(logit_scale), with logit_scale clamped at ln(100)."""
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+    def similarity_logits(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, D) x (M, D) normalised embeddings -> (N, M) logits_per_image."""
+        return self.temperature() * image_embeddings @ text_embeddings.t()
+
+
+class CLIP(ContrastiveHead):
     def __init__(self, config: CLIPConfig | None = None):
         super().__init__()
         self.config = (config or CLIPConfig()).validate()
@@ -56,14 +71,6 @@ class CLIP(nn.Module):
             mask = mask.to(self.device)
         features = self.text_encoder(ids.to(self.device), mask)
         return F.normalize(self.text_projection(features), dim=-1)
-
-    def temperature(self) -> torch.Tensor:
-        """exp(logit_scale), with logit_scale clamped at ln(100)."""
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-
-    def similarity_logits(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """(N, D) x (M, D) normalised embeddings -> (N, M) logits_per_image."""
-        return self.temperature() * image_embeddings @ text_embeddings.t()
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None):
         logits_per_image = self.similarity_logits(self.encode_image(pixels), self.encode_text(ids, mask))

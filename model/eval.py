@@ -23,11 +23,10 @@ from typing import Any
 import torch
 
 from . import zero_shot
-from .bundle import concept_key, concept_labels
 from .checkpoint import load_pretrained, load_tokenizer
 from .clip import CLIP
 from .data.emoji_catalog import EVERYDAY, TEST_STYLE, VALIDATION_STYLE, load_paraphrases
-from .data.index import read_index
+from .data.index import concept_key, concept_labels, read_index
 from .errors import ModelError
 from .preprocess import open_images
 from .tokenizer import Tokenizer

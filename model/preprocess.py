@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from .config import CLIPConfig, VisionConfig
 from .errors import ImageError, ImageTooLargeError
+from .pixels import normalize_rgb
 
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -151,10 +152,7 @@ def normalize_pixels(
     pixels: torch.Tensor, config: CLIPConfig | VisionConfig, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> normalised float of ``dtype``, on the tensor's own device."""
-    vision = _vision(config)
-    mean = torch.tensor(vision.mean, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(vision.std, device=pixels.device, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((pixels.float() / 255.0 - mean) / std).to(dtype)
+    return normalize_rgb(pixels.float() / 255.0, _vision(config)).to(dtype)
 
 
 def open_images(paths: Sequence[str | Path], config: CLIPConfig | VisionConfig) -> torch.Tensor:

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from common import CARRY, ROOT, Results, log, setting, step_arguments
 
-from model.bundle import write_bundle
-from model.recipe import Recipe
-from model.train import HISTORY_FILE, train_bundle
+from model.training.bundle import write_bundle
+from model.training.loop import train_bundle
+from model.training.outputs import HISTORY_FILE
+from model.training.recipe import Recipe
 
 GPU_RECIPE = ROOT / "model" / "weights" / "emoji-clip" / "recipe-gpu.json"
 BUNDLE = CARRY / "bundle.npz"
@@ -31,7 +32,7 @@ DRY_RUN_CHANGES = {"batch_size": 8, "max_steps": 30, "max_seconds": 20.0, "warmu
 
 
 def synthetic_bundle(path: Path, recipe: Recipe, images: int = 64, concepts: int = 10, captions: int = 20) -> Path:
-    """Random drawings and text features in the bundle's real layout (model/bundle.py)."""
+    """Random drawings and text features in the bundle's real layout (model/training/bundle.py)."""
     rng = np.random.default_rng(0)
     size = recipe.vision["image_size"]
     per_image = 2

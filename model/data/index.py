@@ -2,7 +2,8 @@
 
 One JSON object per line. Required: "image" (path relative to the index's directory) and
 "caption" (a string) or "captions" (a list of strings, one is sampled per step). Any other
-keys (the emoji builder adds concept, label, style, group, subgroup, split) pass through.
+keys (the emoji builder adds concept, label, style, group, subgroup, split) pass through;
+concept_key and concept_labels read the concept and its class name from them.
 """
 
 from __future__ import annotations
@@ -36,3 +37,16 @@ def write_index(path: str | os.PathLike, records: list[dict]) -> None:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(partial, path)
+
+
+def concept_key(record: dict) -> str:
+    """The emoji builder's concept; for other datasets each image is its own concept."""
+    return record.get("concept") or record["image"]
+
+
+def concept_labels(records: list[dict]) -> dict[str, str]:
+    """concept key -> class name (the record's label, else its first caption), in index order."""
+    labels: dict[str, str] = {}
+    for record in records:
+        labels.setdefault(concept_key(record), record.get("label") or record["captions"][0])
+    return labels

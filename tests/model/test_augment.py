@@ -9,7 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.augment import (
+from model.data.emoji_catalog import held_out_pattern, load_concepts, load_paraphrases, variant_captions
+from model.data.emoji_sources import EMOJIBASE, extract
+from model.errors import ConfigError
+from model.training.augment import (
     AugmentConfig,
     augment,
     depends_on_colour,
@@ -18,9 +21,6 @@ from model.augment import (
     posterize,
     random_convolution,
 )
-from model.data.emoji_catalog import held_out_pattern, load_concepts, load_paraphrases, variant_captions
-from model.data.emoji_sources import EMOJIBASE, extract
-from model.errors import ConfigError
 
 # no affine, blur, noise or JPEG, white backgrounds: the output is the drawing over white
 QUIET = dict(blur=0.0, noise=0.0, jpeg=0.0, white_background=1.0, scale=(1.0, 1.0), translate=0.0, rotate_degrees=0.0)

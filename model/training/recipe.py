@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 CAPTION_SAMPLING = ("uniform", "specific")
 TEXT_PROJECTIONS = ("learned", "identity")
@@ -38,7 +38,7 @@ class Recipe:
     # its step rate and sizes the schedule (warmup + cosine) to end inside the budget. For a
     # host whose speed is not known in advance (a lent GPU); None: the schedule is epochs * steps.
     max_seconds: float | None = None
-    augment: dict = field(default_factory=dict)  # model.augment.AugmentConfig fields to change
+    augment: dict = field(default_factory=dict)  # model.training.augment.AugmentConfig fields to change
     # the loss: symmetric InfoNCE over the batch's captions, plus (weighted) each image against the
     # class prompt of every concept seen in training: a thousand-way signal instead of a batch-wide one
     concept_loss_weight: float = 0.0

@@ -7,18 +7,24 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 PANEL, MARGIN = 360, 40
-COLORS = {"loss": (200, 60, 40), "train_accuracy": (40, 110, 200), "val_top1": (30, 150, 70)}
+COLORS = {
+    "loss": (200, 60, 40),
+    "train_accuracy": (40, 110, 200),
+    "val_top1": (30, 150, 70),
+    "val_top5": (150, 110, 30),
+}
 
 
 def plot_history(history: list[dict], path: str | Path) -> Path:
-    """history: one dict per epoch with epoch, loss, train_accuracy and val_top1 (may be None)."""
+    """history: one dict per epoch with epoch, loss, train_accuracy, val_top1 and val_top5 (each may be
+    None or, in runs from before val_top5, absent)."""
     image = Image.new("RGB", (2 * PANEL + 3 * MARGIN, PANEL + 2 * MARGIN), "white")
     draw = ImageDraw.Draw(image)
     epochs = [entry["epoch"] for entry in history]
     losses = [entry["loss"] for entry in history]
     _panel(draw, MARGIN, epochs, {"loss": losses}, top=max(losses, default=1.0) * 1.05, title="contrastive loss")
-    accuracies = {key: [entry.get(key) for entry in history] for key in ("train_accuracy", "val_top1")}
-    _panel(draw, 2 * MARGIN + PANEL, epochs, accuracies, top=1.0, title="train batch top-1 / validation top-1")
+    accuracies = {key: [entry.get(key) for entry in history] for key in ("train_accuracy", "val_top1", "val_top5")}
+    _panel(draw, 2 * MARGIN + PANEL, epochs, accuracies, top=1.0, title="train batch top-1 / validation top-1, top-5")
     image.save(path)
     return Path(path)
 

@@ -4,6 +4,7 @@ time, then is ranked on the validation style (top-5 and loss: short runs sit nea
     python bench/ablation.py BUNDLE OUT_DIR                      # every variant, 15 CPU-minutes each, 2 at a time
     python bench/ablation.py BUNDLE OUT_DIR --variants patch-16 conv-8-pool-2 --minutes 20
     python bench/ablation.py BUNDLE OUT_DIR --report-only        # the table from runs already made
+    python bench/ablation.py BUNDLE OUT_DIR --report-only --paraphrases DATA_DIR   # + synonyms, val style
 
 A variant is the recipe's image tower with a few VisionConfig fields changed (VARIANTS), or the
 recipe with other fields changed (augmentations, the text projection). Each run is
@@ -15,7 +16,10 @@ compute. ``--parallel`` runs go at once, one per core.
 
 Writes OUT_DIR/VARIANT/ (the run), OUT_DIR/results.json and prints a Markdown table: validation
 top-5, top-1, loss; training images/s (fp32, the loop's own steps, from bench/train_step.py's
-measure on a random batch); parameters; MFLOPs per image (forward, torch's FLOP counter).
+measure on a random batch); parameters; MFLOPs per image (forward, torch's FLOP counter). With
+``--paraphrases DATA_DIR`` each run is also assembled into a checkpoint (OUT_DIR/VARIANT/checkpoint,
+the recipe's validation template) and scored by clip-eval's paraphrase set on the validation style:
+top-1 with each paired concept named by a synonym no caption contains, against the original names.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_step import measure  # noqa: E402
 
+import model  # noqa: E402
 from model.config import VisionConfig  # noqa: E402
+from model.data.emoji_catalog import VALIDATION_STYLE  # noqa: E402
+from model.eval import emoji_report  # noqa: E402
+from model.training.assemble import assemble  # noqa: E402
 from model.training.bundle import Bundle, load_bundle  # noqa: E402
 from model.training.outputs import HISTORY_FILE, load_trained  # noqa: E402
 from model.training.recipe import Recipe  # noqa: E402
@@ -101,6 +109,13 @@ def validation_metrics(run_dir: Path, bundle: Bundle) -> dict[str, float]:
     return {"val_top5": 100 * result.top5, "val_top1": 100 * result.top1, "val_loss": result.loss}
 
 
+def paraphrase_metrics(run_dir: Path, data_dir: Path, recipe: Recipe) -> dict[str, float]:
+    checkpoint = assemble(run_dir, run_dir / "checkpoint", templates=[recipe.val_template])
+    clip, tokenizer = model.load_pretrained(checkpoint), model.load_tokenizer(checkpoint)
+    paraphrase = emoji_report(clip, tokenizer, data_dir, style=VALIDATION_STYLE)["paraphrase"]
+    return {"synonym_top1": paraphrase["synonym_top1"], "original_top1": paraphrase["original_top1"]}
+
+
 def tower_cost(recipe: Recipe) -> dict[str, float]:
     config = VisionConfig(**recipe.vision)
     tower = ViT(config).eval()
@@ -136,11 +151,18 @@ def report(rows: dict[str, dict]) -> str:
         "| variant | val top-5 % | val top-1 % | val loss | train img/s | steps | params (M) | MFLOPs/img |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    paraphrases = all("synonym_top1" in row for row in rows.values())
+    if paraphrases:
+        lines[0] += " val synonyms top-1 % | val original names top-1 % |"
+        lines[1] += " ---: | ---: |"
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["val_top5"]):
-        lines.append(
+        line = (
             f"| {name} | {row['val_top5']:.1f} | {row['val_top1']:.1f} | {row['val_loss']:.3f} | "
             f"{row['images_per_second']:.0f} | {row['steps']} | {row['parameters_m']:.2f} | {row['mflops']:.0f} |"
         )
+        if paraphrases:
+            line += f" {row['synonym_top1']:.1f} | {row['original_top1']:.1f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -152,6 +174,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training CPU time per variant")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one per core)")
     parser.add_argument("--report-only", action="store_true", help="evaluate runs already in OUT")
+    parser.add_argument("--paraphrases", type=Path, metavar="DATA_DIR", help="also the paraphrase set, val style")
     args = parser.parse_args()
 
     bundle = load_bundle(args.bundle)
@@ -181,6 +204,8 @@ def main() -> None:
             "steps": history[-1]["step"],
             "changes": VARIANTS[name],
         }
+        if args.paraphrases:
+            rows[name].update(paraphrase_metrics(run_dir, args.paraphrases, recipe))
         print(name, json.dumps(rows[name]), flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\n{torch.__version__}, one thread per run, {args.parallel} at once, {args.minutes:g} CPU minutes each\n")

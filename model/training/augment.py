@@ -143,12 +143,17 @@ def outline(x: torch.Tensor, grow: torch.Tensor) -> torch.Tensor:
     from the zeroed colour of transparent pixels), so a drawing's outline thickens in its own colour."""
     color, alpha = x[:, :3], x[:, 3:]
     padded_alpha = F.pad(alpha, (1, 1, 1, 1))
-    dilated = F.max_pool2d(padded_alpha, 3, stride=1)
-    eroded = -F.max_pool2d(-padded_alpha, 3, stride=1)
-    neighbours = F.avg_pool2d(F.pad(color * alpha, (1, 1, 1, 1)), 3, stride=1)
-    fill = neighbours / F.avg_pool2d(padded_alpha, 3, stride=1).clamp(min=1e-6)
+    dilated, eroded = _3x3(padded_alpha, torch.maximum), _3x3(padded_alpha, torch.minimum)
+    fill = _3x3(F.pad(color * alpha, (1, 1, 1, 1)), torch.add) / _3x3(padded_alpha, torch.add).clamp(min=1e-6)
     color = torch.where(alpha > 0, color, fill)
     return torch.cat((color, torch.where(grow.view(-1, 1, 1, 1), dilated, eroded)), dim=1)
+
+
+def _3x3(padded: torch.Tensor, combine) -> torch.Tensor:
+    """(B, C, H + 2, W + 2) -> (B, C, H, W): ``combine`` (max, min, add) over each 3x3 neighbourhood,
+    as rows then columns of shifted views (several times faster on the CPU than max_pool2d)."""
+    rows = combine(combine(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])
+    return combine(combine(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
 
 def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:

@@ -101,12 +101,18 @@ def base_model(recipe: Recipe, base: str | Path | None, scratch: str | Path):
 
 @torch.inference_mode()
 def pooled_text_features(clip, tokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """(len(texts), text_width) float16: the text tower's pooled output, before the projection."""
-    chunks = []
+    """(len(texts), text_width) float16: the text tower's pooled output, before the projection.
+
+    Texts go through shortest first, so each batch pads to about its own length instead of to the
+    longest caption in a random mix; rows come back in the order given. Masked pooling makes a
+    text's features independent of its batch, so the order changes no result."""
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+    features = torch.zeros(len(texts), clip.config.text.width, dtype=torch.float16)
     for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[start : start + batch_size])
-        chunks.append(clip.text_encoder(ids, mask).to(torch.float16))
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, clip.config.text.width), np.float16)
+        rows = order[start : start + batch_size]
+        ids, mask = tokenizer([texts[row] for row in rows])
+        features[rows] = clip.text_encoder(ids, mask).to(torch.float16)
+    return features.numpy()
 
 
 def load_rgba(data_dir: Path, records: list[dict], size: int, resize_mode: str) -> np.ndarray:

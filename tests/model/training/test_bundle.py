@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,16 @@ def test_bundle_holds_the_training_split_and_the_text_towers_pooled_features(bun
     assert len(rows) == len(train_records[0]["captions"])
     torch.testing.assert_close(bundle.caption_features[rows], torch.from_numpy(expected).float())
     assert bundle_path.stat().st_size < MAX_BUNDLE_BYTES
+
+
+def test_pooled_text_features_batched_by_length_are_each_texts_own_in_the_given_order(minilm_base):
+    clip, tokenizer = model.load_pretrained(minilm_base), model.load_tokenizer(minilm_base)
+    texts = ["an emoji of a thumbs up: medium-light skin tone", "cat", "a drawing of a red heart", "ok", "rocket ship"]
+    batched = pooled_text_features(clip, tokenizer, texts, batch_size=2)
+    with torch.no_grad():
+        alone = [clip.text_encoder(*tokenizer([text]))[0].to(torch.float16) for text in texts]
+    torch.testing.assert_close(torch.from_numpy(batched), torch.stack(alone), rtol=0, atol=2e-3)
+    assert batched.dtype == np.float16 and batched.shape == (5, clip.config.text.width)
 
 
 @pytest.mark.parametrize("sampling, expected_share", [("uniform", 1 / 2), ("specific", 2 / 3)])

@@ -195,10 +195,13 @@ class CpuProfile:
             return
         used = {thread: seconds - self._before.get(thread, 0.0) for thread, seconds in after.items()}
         samples = samples_by_thread(self._output.read_text().splitlines())
-        seconds = attribute(samples, {thread: value for thread, value in used.items() if value > 0})
+        busy = {thread: value for thread, value in used.items() if value > 0}
+        seconds = attribute(samples, busy)
         total = sum(seconds.values())
         self.result = {
             "cpu_seconds": total,
+            # of which in threads py-spy never saw (PyTorch's, counted as model)
+            "unsampled_cpu_seconds": sum(value for thread, value in busy.items() if thread not in samples),
             "cores": total / wall,
             "shares": {part: (value / total if total else 0.0) for part, value in seconds.items()},
             "samples": sum(sum(counts.values()) for counts in samples.values()),

@@ -28,10 +28,14 @@ RUN groupadd --system --gid 10001 clip \
     && useradd --system --no-log-init --uid 10001 --gid 10001 --create-home --home-dir /home/clip clip
 # The environment alone: the package, its bundled checkpoint and the clip-serve script live in it.
 COPY --from=builder /opt/venv /opt/venv
+# CLIP_COMPILE=off: torch.compile builds C++ (on a GPU, Triton builds C too) and this stage has no
+# compiler, so `on` would stop start-up and `auto` would warn and run eager at every start. Set it to
+# auto or on only in an image you add a compiler to (docs/service.md, "A compiled tower").
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CLIP_HOST=0.0.0.0 \
-    CLIP_PORT=8000
+    CLIP_PORT=8000 \
+    CLIP_COMPILE=off
 # Numeric, so an orchestrator can tell it is not root (Kubernetes' runAsNonRoot) without /etc/passwd.
 USER 10001:10001
 WORKDIR /home/clip

@@ -103,6 +103,7 @@ class ZeroShotEngine:
         # and the requests of a batch that share a set share its columns in run_batch
         self.label_sets = LabelCache(LABEL_SETS_CACHED if label_cache_size else 0)
         self.on_cache_lookup = on_cache_lookup
+        self._compiled_towers: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # batch size -> tower
         log.info("loaded %s (sha256 %s) on %s as %s", self.checkpoint, self.sha256[:12], self.device, self.dtype)
 
     @property
@@ -129,9 +130,22 @@ class ZeroShotEngine:
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) uint8 -> (N, D) normalised embeddings; uint8 travels to the device, normalised there."""
-        pixels = model.normalize_pixels(pixels.to(self.device, non_blocking=True), self.config, self.dtype)
-        return self.clip.encode_image(pixels)
+        """(N, 3, H, W) uint8 -> (N, D) normalised embeddings; uint8 travels to the device, normalised there,
+        through the compiled tower where one was compiled for N images (CLIP_COMPILE), else the eager one."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        return self._compiled_towers.get(len(pixels), self.eager_tower)(pixels)
+
+    def eager_tower(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 on the device -> (N, D) normalised embeddings: what app/compiling.py compiles."""
+        return self.clip.encode_image(model.normalize_pixels(pixels, self.config, self.dtype))
+
+    def use_compiled(self, tower: Callable[[torch.Tensor], torch.Tensor], batch_sizes: Sequence[int]) -> None:
+        """Run batches of exactly ``batch_sizes`` images through ``tower`` (compiled for those sizes)."""
+        self._compiled_towers = dict.fromkeys(batch_sizes, tower)
+
+    @property
+    def compiled_batch_sizes(self) -> list[int]:
+        return sorted(self._compiled_towers)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -212,6 +226,7 @@ class ZeroShotEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "vocab_size": self.tokenizer.vocab_size,
             "templates": list(self.templates),
+            "compiled_batch_sizes": self.compiled_batch_sizes,
             "config": self.config.to_dict(),
         }
 

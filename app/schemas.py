@@ -100,6 +100,10 @@ class ModelInfo(BaseModel):
     dtype: str = Field(examples=["float32"])
     vocab_size: int = Field(examples=[30522])
     templates: list[str] = Field(description="default prompt templates")
+    compiled_batch_sizes: list[int] = Field(
+        description="batch sizes the image tower runs compiled (CLIP_COMPILE); every other size runs eager",
+        examples=[[1, 2]],
+    )
     config: dict[str, Any] = Field(description="the checkpoint's config.json")
 
 

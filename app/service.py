@@ -16,6 +16,7 @@ import torch
 
 from . import metrics
 from .batching import DynamicBatcher
+from .compiling import prepare_tower
 from .decoding import FairDecoder, PixelBudget
 from .engine import ZeroShotEngine, scores
 from .engine import top_k as take_top_k
@@ -105,6 +106,7 @@ class ZeroShotService:
             s.max_image_pixels,
             on_cache_lookup=metrics.observe_cache,
         )
+        prepare_tower(engine, s.compile, s.max_batch)  # before the server is ready: no request compiles
         engine.warm_up()
         return engine
 

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         description="when a batch waits: 'incoming' only while other requests' images are still decoding "
         "(a lone request starts at once), 'always' for CLIP_BATCH_WAIT_MS whatever is on its way",
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="off",
+        description="torch.compile the image tower for batches of 1, 2 and 4 images at start-up (the rest run "
+        "eager): 'on' compiles them (start-up fails where it cannot), 'auto' keeps each size only where it "
+        "measures faster than eager and falls back to eager with a warning where compiling fails",
+    )
     max_queue: int = Field(default=256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body, in bytes")
     body_timeout_s: float = Field(

@@ -7,6 +7,12 @@ the first request): requests/s, images/s, p50/p99 and the ratio to the ceiling.
     python bench/serve.py                        # the bundled checkpoint, 8 s a cell
     python bench/serve.py --checkpoint DIR --duration 4 --json results.json
     python bench/serve.py --workers 2            # CLIP_WORKERS=2: two server processes on the port
+    python bench/serve.py --compile auto         # CLIP_COMPILE=auto, for the server and its ceiling
+    python bench/serve.py --concurrency 8 --images 1 --duration 2   # fewer cells
+
+While each cell is measured, py-spy samples the server and bench/cpu_profile.py splits the server's
+CPU time (the kernel's count, per thread) among protocol, multipart, decode, model, serialisation
+and other; a table of the shares closes the run (--no-profile leaves it out).
 
 The load generator is wrk (Debian's, a Lua script posting the request's bytes) where installed:
 it is C and does not compete with the server for Python's GIL; elsewhere (a GPU host) bench/load.py,
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,8 +41,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.compiling import prepare_tower  # noqa: E402
 from app.engine import ZeroShotEngine  # noqa: E402
 from app.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from bench.cpu_profile import PARTS, CpuProfile  # noqa: E402
 from bench.load import classify_target, measure, sample_jpeg  # noqa: E402
 from tests.app.server import Server  # noqa: E402  (the tests' launcher: the real clip-serve)
 
@@ -59,9 +68,11 @@ def sample_png(side: int = 64) -> bytes:
     return buffer.getvalue()
 
 
-def ceiling(checkpoint: Path, iterations: int = 20) -> dict:
-    """The server's tower alone (ZeroShotEngine.encode_images on ready uint8 input), one process."""
+def ceiling(checkpoint: Path, compile: str = "off", max_batch: int = 32, iterations: int = 20) -> dict:
+    """The server's tower alone (ZeroShotEngine.encode_images on ready uint8 input), one process,
+    compiled as the server's is (CLIP_COMPILE)."""
     engine = ZeroShotEngine(checkpoint, device="cpu")
+    prepare_tower(engine, compile, max_batch)
     size = engine.config.vision.image_size
     figures = {}
     for batch in (1, 32):
@@ -77,6 +88,7 @@ def ceiling(checkpoint: Path, iterations: int = 20) -> dict:
             "ms": 1000 * statistics.median(timings),
             "images_per_s": batch / statistics.median(timings),
         }
+    figures["compiled_batch_sizes"] = engine.compiled_batch_sizes
     return figures
 
 
@@ -137,51 +149,29 @@ def wait_until_idle(server: Server, timeout: float = 120) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--duration", type=int, default=8, help="seconds of load per cell")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--workers", type=int, default=1, help="CLIP_WORKERS of the server (default 1)")
-    args = parser.parse_args()
+    args = parse_args()
     wrk = shutil.which("wrk") is not None
-    tower = ceiling(args.checkpoint)
+    tower = ceiling(args.checkpoint, args.compile)
     print(
         f"checkpoint {args.checkpoint}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load from {'wrk' if wrk else 'bench/load.py'}; {args.duration:g} s a cell; "
-        f"server: {args.workers} worker(s)"
+        f"server: {args.workers} worker(s), CLIP_COMPILE={args.compile}"
     )
     print(
-        f"ceiling (the tower alone): batch 1 {tower['batch_1']['ms']:.1f} ms, "
-        f"batch 32 {tower['batch_32']['images_per_s']:.0f} images/s"
+        f"ceiling (the tower alone; compiled for batch sizes {tower['compiled_batch_sizes'] or 'none'}): "
+        f"batch 1 {tower['batch_1']['ms']:.1f} ms, batch 32 {tower['batch_32']['images_per_s']:.0f} images/s"
     )
     pictures = {"64 px PNG": sample_png(), "640x480 JPEG": sample_jpeg(size=(640, 480))}
-    server = Server(args.checkpoint, max_queue=1024, log_level="warning", workers=args.workers).wait_ready()
+    server = Server(args.checkpoint, max_queue=1024, log_level="warning", workers=args.workers, compile=args.compile)
     cells = []
     try:
+        server.wait_ready()  # inside: a server that never gets ready is stopped too
         for picture, data in pictures.items():
-            for count in IMAGES_PER_REQUEST:
-                images = [data] * count
-                target = classify_target(server.url, images)
-                for concurrency in CONCURRENCY:
-                    if wrk:
-                        run_wrk(
-                            server.url, target.content, dict(target.headers)["content-type"], concurrency, 1.0
-                        )  # warm-up
-                        figures = run_wrk(
-                            server.url, target.content, dict(target.headers)["content-type"], concurrency, args.duration
-                        )
-                    else:
-                        figures = run_python_load(server.url, images, concurrency, args.duration)
-                    figures.update(
-                        picture=picture,
-                        images=count,
-                        concurrency=concurrency,
-                        images_per_s=figures["requests_per_s"] * count,
-                    )
+            for count in args.images:
+                for concurrency in args.concurrency:
+                    figures = measure_cell(server, [data] * count, concurrency, args.duration, wrk, args.profile)
+                    figures.update(picture=picture, images=count, concurrency=concurrency)
+                    figures["images_per_s"] = figures["requests_per_s"] * count
                     figures["of_ceiling"] = figures["images_per_s"] / tower["batch_32"]["images_per_s"]
                     figures["p50_over_batch_1"] = figures["p50_ms"] / tower["batch_1"]["ms"]
                     cells.append(figures)
@@ -195,13 +185,66 @@ def main() -> None:
                     )
     finally:
         server.finish()
+    if args.profile:
+        print_profiles(cells)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"checkpoint": str(args.checkpoint), "workers": args.workers, "ceiling": tower, "cells": cells},
-                indent=2,
-            )
+        summary = {"checkpoint": str(args.checkpoint), "workers": args.workers, "compile": args.compile}
+        args.json.write_text(json.dumps({**summary, "ceiling": tower, "cells": cells}, indent=2))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per cell")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--workers", type=int, default=1, help="CLIP_WORKERS of the server (default 1)")
+    parser.add_argument(
+        "--compile", choices=("off", "auto", "on"), default="off", help="CLIP_COMPILE of the server and its ceiling"
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY, help="default: 1 8 32")
+    parser.add_argument("--images", type=int, nargs="+", default=IMAGES_PER_REQUEST, help="per request; default: 1 8")
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample the server with py-spy during each cell and print where its CPU time went (default: on)",
+    )
+    return parser.parse_args()
+
+
+def measure_cell(server: Server, images: list[bytes], concurrency: int, seconds: int, wrk: bool, profile: bool) -> dict:
+    """One cell's load (after a second of warm-up) and, with ``profile``, the server's CPU profile over it."""
+    target = classify_target(server.url, images)
+    content_type = dict(target.headers)["content-type"]
+    if wrk:
+        run_wrk(server.url, target.content, content_type, concurrency, 1.0)  # warm-up
+    with CpuProfile(server.process.pid, seconds) if profile else nullcontext() as cpu:
+        if wrk:
+            figures = run_wrk(server.url, target.content, content_type, concurrency, seconds)
+        else:  # its one second of warm-up falls inside the profile
+            figures = run_python_load(server.url, images, concurrency, seconds)
+    if cpu is not None:
+        figures["profile"] = cpu.result
+        if cpu.problem:
+            print(f"no CPU profile: {cpu.problem}", file=sys.stderr)
+    return figures
+
+
+def print_profiles(cells: list[dict]) -> None:
+    """Where the server's CPU time went in each cell: shares of its CPU seconds, and how many cores."""
+    print("\nwhere the server's CPU time went (py-spy samples, weighted by each thread's CPU time):")
+    print(f"{'image':13s} {'imgs':>4s} {'c':>3s} {'cores':>5s} " + " ".join(f"{part:>13s}" for part in PARTS))
+    for cell in cells:
+        profile = cell.get("profile")
+        shares = (
+            " ".join(f"{profile['shares'][part]:13.0%}" for part in PARTS) if profile else "(no profile: see above)"
         )
+        cores = f"{profile['cores']:5.2f}" if profile else "    -"
+        print(f"{cell['picture']:13s} {cell['images']:4d} {cell['concurrency']:3d} {cores} {shares}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def test_health_and_model_info(server, tiny_checkpoint):
     assert (info["device"], info["dtype"], info["vocab_size"]) == ("cpu", "float32", 30522)
     assert info["templates"] == ["a photo of a {}.", "a drawing of a {}."]
     assert info["config"]["vision"]["image_size"] == 32
+    assert info["compiled_batch_sizes"] == []  # CLIP_COMPILE is off unless set
 
 
 def test_metrics_count_requests_errors_images_and_cache(server):

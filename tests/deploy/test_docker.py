@@ -108,6 +108,21 @@ def test_dockerfile_is_multi_stage_with_a_slim_non_root_runtime():
     assert dockerfile.env(runtime).get("CLIP_PORT", IMAGE_PORT) == IMAGE_PORT
 
 
+def test_the_runtime_image_has_no_compiler_so_it_does_not_compile_the_tower():
+    """torch.compile builds C++ (Triton, on a GPU, builds C); the slim base has no compiler and the
+    runtime stage installs nothing (above), so the image says CLIP_COMPILE=off rather than failing
+    start-up (on) or warning at every start (auto)."""
+    require_app()
+    from app.settings import Settings
+
+    runtime = dockerfile.runtime_stage()
+    base = [i.arguments for i in dockerfile.instructions() if i.keyword == "ARG" and "PYTHON_IMAGE=" in i.arguments]
+    assert base and "-slim" in base[0], f"a slim base image (no compiler): {base}"
+    value = dockerfile.env(runtime).get("CLIP_COMPILE")
+    assert value == "off", f"the runtime image should set CLIP_COMPILE=off, not {value!r}"
+    assert Settings(compile=value).compile == "off"
+
+
 def test_dockerfile_and_readme_install_with_the_same_script():
     instructions = dockerfile.instructions()
     installs = [i.arguments for i in instructions if i.keyword == "RUN" and INSTALL_SCRIPT in i.arguments]

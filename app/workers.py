@@ -136,6 +136,9 @@ def _supervise(settings: Settings, config, listener) -> bool:
         ended = wait([worker.sentinel for worker in workers], timeout=0.25)
         failed = next((worker for worker in workers if worker.sentinel in ended), None)
     if failed is not None and not stop.is_set():
+        # the sentinel (a pipe the child held) can close a moment before the kernel reports the exit:
+        # reap the process first, or its exit status still reads None
+        failed.join(timeout=5)
         log.error(
             "%s (pid %d) exited with status %s while the server was running: stopping the server",
             failed.name,

@@ -217,16 +217,22 @@ def parse_args() -> argparse.Namespace:
 
 
 def measure_cell(server: Server, images: list[bytes], concurrency: int, seconds: int, wrk: bool, profile: bool) -> dict:
-    """One cell's load (after a second of warm-up) and, with ``profile``, the server's CPU profile over it."""
+    """One cell's load (after a second of warm-up, once the server's queue is empty again) and, with
+    ``profile``, the server's CPU profile over it."""
     target = classify_target(server.url, images)
     content_type = dict(target.headers)["content-type"]
     if wrk:
         run_wrk(server.url, target.content, content_type, concurrency, 1.0)  # warm-up
+        # the requests wrk left in flight are still queued: measured behind them, a cell of 32
+        # connections with 8 images each lost half of its 8 s to the warm-up's work
+        wait_until_idle(server)
+    queued_at_start = server.metric("clip_queued_images")
     with CpuProfile(server.process.pid, seconds) if profile else nullcontext() as cpu:
         if wrk:
             figures = run_wrk(server.url, target.content, content_type, concurrency, seconds)
         else:  # its one second of warm-up falls inside the profile
             figures = run_python_load(server.url, images, concurrency, seconds)
+    figures["queued_at_start"] = queued_at_start
     if cpu is not None:
         figures["profile"] = cpu.result
         if cpu.problem:

@@ -53,6 +53,7 @@ def test_a_short_run_measures_each_cell_and_says_where_the_servers_cpu_time_went
     ]
     for cell in data["cells"]:
         assert cell["errors"] == 0, cell
+        assert cell["queued_at_start"] == 0, cell  # the warm-up's requests are not measured
         profile = cell["profile"]
         assert profile is not None, result.stderr  # py-spy ran and attached
         assert list(profile["shares"]) == list(PARTS)

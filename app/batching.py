@@ -86,7 +86,11 @@ class DynamicBatcher:
         self._pending.extend(items)
         self._queue_changed()
         self._arrived.set()
-        return list(await asyncio.gather(*(item.future for item in items)))
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except asyncio.CancelledError:  # the client left (or the drain ended): its images leave the queue
+            self._withdraw(items)
+            raise
 
     async def close(self) -> None:
         """Refuse new work, run what is queued, stop the worker."""
@@ -108,16 +112,24 @@ class DynamicBatcher:
             self._queue_changed()
             await self._execute(batch)
 
+    def _withdraw(self, items: list[_Item]) -> None:
+        """Takes a cancelled request's images still queued out of the queue at once: they free their
+        places, and no batch waits for company on their behalf."""
+        leaving = {id(item) for item in items}
+        self._pending = [item for item in self._pending if id(item) not in leaving]
+        self._queue_changed()
+        self._arrived.set()  # the batch being gathered looks again at what is left
+
     def _queue_changed(self) -> None:
         if self.on_queue is not None:
             self.on_queue(len(self._pending))
 
     async def _fill_or_expire(self) -> None:
         """Wait for more images until the batch is full, max_wait has passed since its first image
-        arrived, or no more are on their way (what queued while the model was busy runs at once)."""
-        deadline = self._pending[0].queued_at + self.max_wait
-        while len(self._pending) < self.max_batch and not self._closing and self._more_expected():
-            remaining = deadline - self.clock()
+        arrived, or no more are on their way (what queued while the model was busy runs at once).
+        The first image is looked up on each pass: a cancelled request may have taken it away."""
+        while self._pending and len(self._pending) < self.max_batch and not self._closing and self._more_expected():
+            remaining = self._pending[0].queued_at + self.max_wait - self.clock()
             if remaining <= 0:
                 return
             self._arrived.clear()

@@ -22,6 +22,7 @@ from .headers import SecurityHeaders
 from .middleware import (
     ApiKey,
     BodyTimeout,
+    CancelOnDisconnect,
     MultipartClosed,
     RequestContext,
     ShutdownCutoff,
@@ -98,7 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # added innermost first: SecurityHeaders wraps all (so middleware's own errors carry them too), then
     # RequestContext, CORS, the shutdown cut-off (its 503 gets the request id, the access log line and
-    # CORS headers), the key, the byte limit, the body timeout, the multipart closing check
+    # CORS headers), the key, the byte limit, the body timeout, the multipart closing check, and
+    # innermost the watch for a client that leaves once its body is in
+    app.add_middleware(CancelOnDisconnect)
     app.add_middleware(MultipartClosed)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)

@@ -18,6 +18,7 @@ from . import metrics
 
 access_log = logging.getLogger("app.access")
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before its answer
 PROTECTED_PREFIXES = ("/classify", "/embed/", "/v1/", "/metrics")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -76,6 +77,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if _state(scope).get("client_gone"):
+                status = CLIENT_CLOSED_REQUEST
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "other"
             metrics.REQUESTS.labels(route, str(status)).inc()
@@ -83,6 +86,64 @@ class RequestContext:
             if status >= 400:
                 metrics.ERRORS.labels(route, str(status), _state(scope).get("error_code", "http_error")).inc()
             access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"], status, elapsed * 1000)
+
+
+class CancelOnDisconnect:
+    """Stops a request's work when its client goes away before the whole answer is sent.
+
+    Once the body has been read, the server's next ``receive()`` returns only when the client
+    disconnects (or the answer is complete, and by then the request is over), so a task waits on
+    it and cancels the request's handler: its images leave the batch queue (DynamicBatcher
+    withdraws them) instead of being classified for no one ahead of the clients still waiting.
+    The access log and ``clip_requests_total`` count it as status 499 (nginx's "client closed
+    request")."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        handler = asyncio.current_task()
+        assert handler is not None  # an ASGI app runs in a task
+        body_read = asyncio.Event()
+        after_body: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        answered = gone = False
+
+        async def body_receive() -> Message:
+            if body_read.is_set():  # the watcher reads from here on; the app gets what it read
+                return await asyncio.shield(after_body)
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal answered
+            answered = answered or (message["type"] == "http.response.body" and not message.get("more_body", False))
+            await send(message)
+
+        async def watch() -> None:
+            nonlocal gone
+            await body_read.wait()
+            message = await receive()
+            after_body.set_result(message)
+            # "complete" reads the same as a disconnect; the app may still be closing its uploads
+            # (spooled to disk past 1 MiB) then, and must not be cut off and logged as 499
+            if message["type"] == "http.disconnect" and not answered:
+                gone = True
+                handler.cancel()
+
+        watcher = asyncio.create_task(watch(), name="disconnect-watcher")
+        try:
+            await self.app(scope, body_receive, watched_send)
+        except asyncio.CancelledError:
+            if not gone:  # the server's own cancellation (the end of a drain): not ours to absorb
+                raise
+            _uncancel()
+            _state(scope).update(client_gone=True, error_code="client_closed_request")
+        finally:
+            watcher.cancel()
 
 
 class ShutdownCutoff:

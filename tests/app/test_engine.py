@@ -145,6 +145,38 @@ def test_a_request_cancelled_before_its_batch_runs_costs_no_forward_pass_and_clo
     assert sizes == []
 
 
+def test_a_cancelled_request_leaves_the_queue_at_once_and_no_batch_waits_for_it(engine):
+    """In virtual time: a client that leaves while its 2 images wait for company (a batch closes
+    at 4 images, or 30 s after its first) takes them out of the queue at once. The image that
+    arrived 10 s after them then waits its own 30 s, not what was left of the cancelled
+    request's; a request of 4 after it runs at once."""
+    sizes: list[int] = []
+    waits: list[list[float]] = []
+    images = different_images(engine, 4)
+
+    async def scenario(loop):
+        options = dict(max_batch=4, max_wait=30.0, max_queue=4, clock=loop.time)
+        async with running_batcher(engine.run_batch, sizes, waits, **options) as batcher:
+            leaving = asyncio.ensure_future(batcher.submit(images[:2]))
+            await asyncio.sleep(10.0)
+            staying = asyncio.ensure_future(batcher.submit(images[2:3]))
+            await asyncio.sleep(0)
+            assert batcher.queued == 3
+            leaving.cancel()
+            await asyncio.wait([leaving])
+            queued_after_leaving = batcher.queued
+            alone = await staying
+            full = await batcher.submit(images)
+            return queued_after_leaving, alone, full, loop.time()
+
+    queued_after_leaving, alone, full, finished_at = run_in_virtual_time(scenario)
+    assert queued_after_leaving == 1
+    assert sizes == [1, 4] and waits == [[30.0], [0.0] * 4]
+    assert finished_at == 40.0
+    assert_each_its_own(engine, images[2:3] + images[:1], alone + full[:1])
+    assert_each_its_own(engine, images, full)
+
+
 def test_one_batch_serves_requests_with_different_labels_and_embedding_requests(engine, monkeypatch):
     """run_batch against the per-request path: each image's logits row (its own request's labels)
     or, for a request without labels, its embedding; split where one request's images end."""

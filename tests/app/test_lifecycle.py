@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
+import random
 import re
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from PIL import Image
 
 from app.exceptions import StartupError
 from app.main import check_startup, create_app
 from app.settings import DEFAULT_CHECKPOINT, Settings
 from tests.conftest import make_checkpoint, make_unloadable_checkpoint
 
-from .server import Server, classify, image_bytes
+from .server import AUTH, Server, classify, image_bytes, wait_for_metric
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +157,39 @@ def test_drain_seconds_is_a_whole_number_of_seconds_not_below_zero(monkeypatch, 
     else:
         with pytest.raises(ValidationError, match="drain_seconds"):
             Settings()
+
+
+def test_a_client_that_leaves_before_its_answer_takes_its_images_out_of_the_queue(tiny_checkpoint):
+    """A lone image waits 20 s for company; its client sends the whole request, then closes the
+    connection. The image leaves the queue at once rather than being classified for no one, the
+    request is logged and counted as 499, and the server goes on answering, twice on one kept-alive
+    connection (the watch for a disconnect must not take a later request's bytes). The second
+    carries an image over 1 MiB, which the app closes (a spooled temporary file) after its answer
+    has gone: the end of the answer must not be taken for a client leaving."""
+    server = Server(tiny_checkpoint, max_batch=4, batch_wait_ms=20_000, batch_gather="always").wait_ready()
+    try:
+        files = [("images", ("a.png", image_bytes(), "image/png"))]
+        request = httpx.Request("POST", f"{server.url}/classify", files=files, data={"labels": "cat"}, headers=AUTH)
+        head = "POST /classify HTTP/1.1\r\n" + "".join(f"{key}: {value}\r\n" for key, value in request.headers.items())
+        with socket.create_connection(("127.0.0.1", server.port)) as leaving:
+            leaving.sendall(head.encode("latin-1") + b"\r\n" + request.read())
+            wait_for_metric(server, "clip_queued_images", 1)
+        wait_for_metric(server, "clip_queued_images", 0, timeout=10)  # left at once, not run after 20 s
+        four = [("images", (f"{i}.png", image_bytes((40 * i, 90, 200)), "image/png")) for i in range(4)]
+        noise = Image.frombytes("RGB", (700, 700), random.Random(0).randbytes(700 * 700 * 3))
+        large = io.BytesIO()
+        noise.save(large, format="PNG")
+        assert large.tell() > 1024 * 1024
+        with_large = [("images", ("large.png", large.getvalue(), "image/png"))] + four[1:]
+        with httpx.Client(headers=AUTH, timeout=60) as client:  # a batch of 4 closes at once
+            answers = [
+                client.post(f"{server.url}/classify", files=files, data={"labels": "cat"})
+                for files in (four, with_large)
+            ]
+        assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+        assert server.metric('clip_requests_total{route="/classify",status="499"}') == 1
+        assert server.metric('clip_requests_total{route="/classify",status="200"}') == 2
+        assert server.metric("clip_images_classified_total") == 8
+    finally:
+        output = server.finish()
+    assert re.search(r"POST /classify 499 ", output), output

@@ -4,7 +4,8 @@ Where it pays: at small batches a forward pass of the tower is mostly per-operat
 compiling (fused kernels, no Python between operations) removes; at large ones it is matrix
 multiplications either way. On the project's 2-core EPYC (the bundled tower, fp32, 2 threads, idle):
 batch 1 14.5 ms compiled against 22.3 ms eager (1.54x), batch 8 78 against 78 ms, batch 32 395 against
-394 ms. So only ``CANDIDATE_BATCH_SIZES`` are compiled, each a graph of its own (static shapes,
+394 ms (in bench/serve.py's ceilings of 2026-11-28 the batch-1 gain no longer stood out from the
+machine's noise, hence the default ``off``; docs/service.md). So only ``CANDIDATE_BATCH_SIZES`` are compiled, each a graph of its own (static shapes,
 ``dynamic=False``: the graph for a size is reused for every batch of that size, and no batch at
 request time can trigger a recompile); every other size runs the eager tower.
 

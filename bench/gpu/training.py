@@ -48,6 +48,7 @@ def synthetic_bundle(path: Path, recipe: Recipe, images: int = 64, concepts: int
             "val_images": rng.integers(0, 256, (16, size, size, 4), dtype=np.uint8),
             "val_concepts": rng.integers(0, concepts, 16).astype(np.int32),
             "class_features": rng.standard_normal((concepts, recipe.text_width)).astype(np.float16),
+            "concept_colour_named": np.arange(concepts) % 3 == 0,
         },
     )
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["environment", "training", "cuda_tests", "tower", "engine", "http"]
@@ -98,3 +101,56 @@ def test_a_step_killed_at_its_cap_is_reported_with_what_it_had_measured(tmp_path
     assert record["figures"] == {"measured": 1}
     assert 2 <= record["seconds"] < 2 + run.KILL_GRACE_SECONDS + 10  # SIGTERM ignored, so SIGKILL after the grace
     assert "measured one figure" in (out / "log.txt").read_text()
+
+
+def test_recipe_variants_train_side_by_side_and_come_back_as_fp16_tars_that_assemble(tmp_path):
+    """bench/gpu/variants.py: each variant in its own process; its tar holds what `clip-train
+    assemble` needs, the tensors in fp16, and the assembled checkpoint carries exactly them."""
+    from safetensors.torch import load_file
+
+    from model.training.assemble import assemble
+
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu/variants.py",
+            str(out),
+            "--budget",
+            "3",
+            "--dry-run",
+            "--only",
+            "control",
+            "identity-text",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads((out / "variants.json").read_text())["variants"]
+    assert {name: record["status"] for name, record in results.items()} == {"control": "ok", "identity-text": "ok"}
+    assert all(record["steps"] >= 1 and record["final"]["val_top1"] is not None for record in results.values())
+    assert sorted(path.name for path in out.iterdir()) == [
+        "variant-control.tar",
+        "variant-identity-text.tar",
+        "variants.json",
+    ]
+    for name, projection in (("control", "learned"), ("identity-text", "identity")):
+        tar_path = out / f"variant-{name}.tar"
+        assert tar_path.stat().st_size <= 16 * 2**20
+        run_dir = tmp_path / name
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(run_dir, filter="data")
+        index = json.loads((run_dir / "trained.json").read_text())
+        assert index["recipe"]["text_projection"] == projection
+        trained = {}
+        for shard in index["shards"]:
+            trained.update(torch.load(run_dir / shard, weights_only=True))
+        assert {tensor.dtype for tensor in trained.values() if tensor.is_floating_point()} == {torch.float16}
+    checkpoint = assemble(tmp_path / "identity-text", tmp_path / "checkpoint", templates=["an emoji of {}."])
+    saved = load_file(checkpoint / "model.safetensors")
+    for key, tensor in trained.items():
+        assert torch.equal(saved[key], tensor), key

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from model.data.emoji_sources import EMOJIBASE, extract
 from model.data.index import write_index
 
 SHIPPED = Path(model.__file__).parent / "weights" / "emoji-clip"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +132,21 @@ def test_shipped_model_calls_a_twemoji_cat_a_cat_among_the_ten_everyday_labels(t
     with torch.inference_mode():
         probabilities = clip.similarity_logits(clip.encode_image(pixels), classes).softmax(dim=-1)[0]
     assert labels[probabilities.argmax()] == "cat"
+
+
+def test_model_card_paraphrase_ceiling_is_what_the_script_measures(twemoji_test_set):
+    """The card's "Synonyms" figure (a synonym's top-1 when every image sits on its name's
+    embedding) comes from bench/paraphrase_ceiling.py on the shipped weights."""
+    card = (SHIPPED / "README.md").read_text()
+    stated = float(re.search(r"The synonym then wins\s+top-1 for \*\*([\d.]+) %\*\*", card).group(1))
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paraphrase_ceiling.py"), str(SHIPPED), str(twemoji_test_set)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    measured = float(re.search(r"the synonym wins ([\d.]+) % of (\d+)", printed).group(1))
+    assert measured == pytest.approx(stated, abs=0.05)
 
 
 def test_shipped_checkpoint_fits_the_size_budget():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU command: every GPU figure this project needs, in one call (346 s on an H200; the steps'
-# caps, bench/gpu/run.py, add up to 515 s).
+# The GPU command: every GPU figure this project needs, in one call (346-360 s on an H200; the steps'
+# caps, bench/gpu/run.py, add up to 540 s).
 #
 #   bench/gpu.sh OUT_DIR              # on a GPU host, after bench/gpu/prepare.py on the CPU host
 #   bench/gpu.sh OUT_DIR --dry-run    # the same steps on the CPU, tiny sizes, about 80 s on 2 cores

@@ -16,6 +16,15 @@ Measured, each written as soon as it is measured:
   decode_only   the JPEG decode alone on those threads (no model), to tell what bounds (a).
 Each: images/s, the mean batch the batcher ran, request latency, and its ratio to the ceiling.
 
+Then two diagnoses of (b), which ran at 0.39 of the ceiling on an H200: the eager tower at
+batch 32 spends its ~4 ms launching kernels from Python, and that thread shares one interpreter
+lock with the event loop's per-request work, so the two run one after the other:
+  predecoded_switch   (b) with the interpreter's switch interval at 0.1 ms instead of 5 ms, so
+                      the model thread gets the lock back sooner each time it lets it go;
+  predecoded_graphs   (b) with the tower compiled for max_batch, as CUDA graphs on CUDA
+                      (torch.compile mode "reduce-overhead": one launch per batch), against its
+                      own ceiling too (ceiling_graphs).
+
 --dry-run: the tiny shape on the CPU, 64x48 JPEGs, max batch 4, a few dozen requests.
 """
 
@@ -25,6 +34,7 @@ import asyncio
 import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +67,9 @@ from app.engine import ZeroShotEngine
 from app.service import ZeroShotService
 from app.settings import Settings
 from model.config import VisionConfig
+
+FAST_SWITCH_INTERVAL = 1e-4  # seconds; CPython's default is 5e-3
+COMPILE_NEED_S = 15  # seconds a compile of the tower for one batch size takes on the GPU host (7-14 s measured)
 
 
 @dataclass
@@ -295,8 +308,7 @@ class EngineBench:
             what="(b) service.classify_pixels on uint8 pixels already at the "
             "input size: the batcher and the model alone",
         ) as e:
-            pixels = [self.engine.decode_image(data) for data in self.jpegs]
-            await self.measure_requests(e, pixels, "pixels")
+            await self.measure_requests(e, self.predecoded_pixels(), "pixels")
 
     async def measure_gpu_decode(self) -> None:
         with entry(
@@ -333,6 +345,62 @@ class EngineBench:
             decode_only(self.decoders, self.engine.decode_image, payloads[: self.plan.warmup_requests])
             self.record_rate(e, decode_only(self.decoders, self.engine.decode_image, payloads))
 
+    def predecoded_pixels(self) -> list[torch.Tensor]:
+        return [self.engine.decode_image(data) for data in self.jpegs]
+
+    async def measure_predecoded_fast_switch(self) -> None:
+        with entry(
+            self.results,
+            "predecoded_switch",
+            what="(b) with sys.setswitchinterval(1e-4): the model thread waits less for the interpreter lock",
+            switch_interval_s=FAST_SWITCH_INTERVAL,
+        ) as e:
+            default = sys.getswitchinterval()
+            sys.setswitchinterval(FAST_SWITCH_INTERVAL)
+            try:
+                await self.measure_requests(e, self.predecoded_pixels(), "pixels")
+            finally:
+                sys.setswitchinterval(default)
+
+    def compile_and_time_tower(self, mode: str) -> tuple[float, list[float]]:
+        """Compile the engine's tower for max_batch, make the engine use it, and time it at that size:
+        (compile seconds, per-call seconds)."""
+        started = time.perf_counter()
+        if self.setting.dry_run:  # dynamo's capture without inductor's C++ build: the path, not the speed
+            tower = torch.compile(self.engine.eager_tower, backend="eager", dynamic=False)
+        else:
+            tower = torch.compile(self.engine.eager_tower, mode=mode, dynamic=False)
+        self.engine.use_compiled(tower, [self.max_batch])
+        size = self.engine.config.vision.image_size
+        batch = torch.randint(0, 256, (self.max_batch, 3, size, size), dtype=torch.uint8)
+        with torch.inference_mode():
+            for _ in range(3):  # compile, then record the graph (reduce-overhead records on a later call)
+                self.engine.encode_images(batch)
+            self.setting.sync()
+            compile_s = round(time.perf_counter() - started, 1)
+            return compile_s, time_calls(
+                lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations
+            )
+
+    async def measure_predecoded_graphs(self) -> None:
+        mode = "reduce-overhead" if self.setting.cuda else "default"  # the dry run: backend "eager", below
+        with entry(
+            self.results,
+            "predecoded_graphs",
+            what=f"(b) with the tower compiled for batch {self.max_batch} (torch.compile mode {mode!r}: "
+            "CUDA graphs on CUDA); other batch sizes eager",
+            compile_mode=mode,
+        ) as e:
+            self.plan.budget.require(self.plan.need_s + COMPILE_NEED_S, e.key)
+            # compiled, recorded and timed on the service's model thread, where batches run: CUDA graphs
+            # recorded by torch.compile belong to the thread that recorded them
+            compile_s, timings = await self.service._on_model_thread(self.compile_and_time_tower, mode)
+            e.record(compile_s=compile_s)
+            own_ceiling = images_per_s(self.max_batch, timings)
+            self.results["ceiling_graphs"] = {"images_per_s": own_ceiling, "batch_ms": milliseconds(timings)}
+            await self.measure_requests(e, self.predecoded_pixels(), "pixels")
+            e.record(ratio_to_own_ceiling=ratio(self.rates[e.key], own_ceiling))
+
     async def run(self) -> None:
         self.describe()
         self.measure_ceiling()
@@ -340,6 +408,8 @@ class EngineBench:
         await self.measure_predecoded()
         await self.measure_gpu_decode()
         self.measure_decode_only()
+        await self.measure_predecoded_fast_switch()
+        await self.measure_predecoded_graphs()
 
 
 async def measure(setting: Setting, results: Results, plan: Plan, settings: Settings) -> None:

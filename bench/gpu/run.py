@@ -49,7 +49,7 @@ STEPS = [
     Step("training", 220, "training.py", "the default model with the GPU recipe, from the carried bundle"),
     Step("cuda_tests", 60, None, "pytest -m cuda: engine bf16/fp16 vs CPU fp32, padding, batcher, clamp, masks"),
     Step("tower", 100, "tower.py", "ViT-B/16 images/s: ours eager/compiled vs the seed, transformers, timm"),
-    Step("engine", 50, "engine.py", "ZeroShotEngine + DynamicBatcher without HTTP, JPEG and pre-decoded"),
+    Step("engine", 75, "engine.py", "ZeroShotEngine + DynamicBatcher without HTTP, JPEG and pre-decoded"),
     Step("http", 55, "http_e2e.py", "clip-serve under load: concurrency 1/16/64, 1 and 8 images"),
 ]
 

@@ -63,6 +63,17 @@ def test_the_training_step_trained_the_gpu_recipes_tower(dry_run):
     assert figures["steps"] >= 1 and figures["final"]["val_top1"] is not None
 
 
+def test_the_engine_step_measures_both_diagnoses_of_the_predecoded_path(dry_run):
+    figures = json.loads((dry_run / "results.json").read_text())["steps"]["engine"]["figures"]
+    for key in ("ceiling", "predecoded", "predecoded_switch", "predecoded_graphs"):
+        assert figures["images_per_s"][key] > 0, key
+    assert figures["predecoded_switch"]["switch_interval_s"] == 1e-4
+    graphs = figures["predecoded_graphs"]
+    assert graphs["compile_mode"] == "default"  # CUDA graphs only where there is CUDA
+    assert graphs["compile_s"] > 0 and graphs["ratio_to_own_ceiling"] > 0
+    assert figures["ceiling_graphs"]["images_per_s"] > 0
+
+
 def test_a_step_that_fails_is_reported_and_the_others_still_run(tmp_path):
     """A planted failure: the training step without its bundle (no --dry-run: the real step on the CPU)."""
     completed = subprocess.run(

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import log
+from common import ROOT, log
 from training import BUNDLE, DRY_RUN_CHANGES, GPU_RECIPE, synthetic_bundle
 
 from model.training.loop import train_bundle
@@ -55,7 +55,7 @@ def train_variant(bundle: Path, run_dir: Path, changes: dict) -> None:
     train_bundle(bundle, run_dir, changes, save_every=30.0)
 
 
-def summarise(name: str, run_dir: Path, seconds: float, batch_size: int) -> dict:
+def summarise(run_dir: Path, seconds: float, batch_size: int) -> dict:
     history_path = run_dir / HISTORY_FILE
     if not history_path.is_file():
         return {"status": "no history", "seconds": seconds}
@@ -72,7 +72,8 @@ def summarise(name: str, run_dir: Path, seconds: float, batch_size: int) -> dict
 
 
 def pack_half(run_dir: Path, tar_path: Path) -> None:
-    """trained.json, history.json and the shards, their floating tensors cast to float16."""
+    """trained.json, history.json and the shards into one tar, the shards' floating tensors cast to
+    float16 (in place: the run directory's shards are float16 afterwards)."""
     index = json.loads((run_dir / TRAINED_INDEX).read_text())
     for shard in index["shards"]:
         tensors = torch.load(run_dir / shard, map_location="cpu", weights_only=True)
@@ -115,11 +116,11 @@ def main() -> None:
         processes[name] = context.Process(target=train_variant, args=(bundle, scratch / name, recipe), name=name)
         processes[name].start()
         log(f"variant {name}: started, {json.dumps(VARIANTS[name])}")
-    results = {"budget_seconds": args.budget, "recipe": str(GPU_RECIPE), "variants": {}}
+    results = {"budget_seconds": args.budget, "recipe": str(GPU_RECIPE.relative_to(ROOT)), "variants": {}}
     for name, process in processes.items():
         process.join()
         seconds = round(time.perf_counter() - started, 1)
-        record = summarise(name, scratch / name, seconds, base["batch_size"])
+        record = summarise(scratch / name, seconds, base["batch_size"])
         record["exit_code"] = process.exitcode
         record["changes"] = VARIANTS[name]
         if record["status"] == "ok":

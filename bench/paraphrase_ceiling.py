@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from model import zero_shot  # noqa: E402
 from model.checkpoint import load_pretrained, load_tokenizer  # noqa: E402
 from model.data.emoji_catalog import TEST_STYLE, load_paraphrases  # noqa: E402
-from model.eval import from_index, templates_of  # noqa: E402
+from model.eval import from_index, synonym_classes, templates_of  # noqa: E402
 
 
 def main() -> None:
@@ -35,13 +35,11 @@ def main() -> None:
     clip, tokenizer = load_pretrained(args.checkpoint).eval(), load_tokenizer(args.checkpoint)
     data = from_index(args.data_dir, style=TEST_STYLE)
     templates = templates_of(clip)
-    pairs = load_paraphrases()
-    renamed = [row for row, concept in enumerate(data.concepts) if concept in pairs]
-    synonyms = [pairs[data.concepts[row]]["synonym"] for row in renamed]
     with torch.inference_mode():
         names = zero_shot.label_embeddings(clip, tokenizer, data.class_names, templates)
-        swapped = names.clone()
-        swapped[renamed] = zero_shot.label_embeddings(clip, tokenizer, synonyms, templates)
+        renamed, swapped = synonym_classes(clip, tokenizer, data.concepts, names, templates)
+    pairs = load_paraphrases()
+    synonyms = [pairs[data.concepts[row]]["synonym"] for row in renamed]
     winners = (names[renamed] @ swapped.T).argmax(dim=1)
     wins = winners == torch.tensor(renamed)
     cosine = (names[renamed] * swapped[renamed]).sum(dim=1)

@@ -170,12 +170,7 @@ def emoji_report(
     )
     pairs = load_paraphrases()
     paraphrase_rows = [i for i, c in enumerate(concept_of_image) if c in pairs]
-    renamed = [row for row, concept in enumerate(data.concepts) if concept in pairs]
-    swapped = classes.clone()  # every class name as before, each paired concept's name swapped for its synonym
-    if renamed:
-        swapped[renamed] = zero_shot.label_embeddings(
-            clip, tokenizer, [pairs[data.concepts[r]]["synonym"] for r in renamed], templates
-        )
+    _, swapped = synonym_classes(clip, tokenizer, data.concepts, classes, templates)
     paraphrase = {
         "n": len(paraphrase_rows),
         "synonym_top1": on(paraphrase_rows, swapped)["top1"],
@@ -190,6 +185,21 @@ def emoji_report(
         "everyday": {**everyday, "correct": round(everyday["top1"] * everyday["n"] / 100)},
         "paraphrase": paraphrase,
     }
+
+
+def synonym_classes(
+    clip: CLIP, tokenizer: Tokenizer, concepts: Sequence[str], classes: torch.Tensor, templates: Sequence[str]
+) -> tuple[list[int], torch.Tensor]:
+    """The paraphrase set's class embeddings: (the rows of the paired concepts, ``classes`` with each of
+    those rows' names swapped for its synonym; every other class as before)."""
+    pairs = load_paraphrases()
+    renamed = [row for row, concept in enumerate(concepts) if concept in pairs]
+    swapped = classes.clone()
+    if renamed:
+        swapped[renamed] = zero_shot.label_embeddings(
+            clip, tokenizer, [pairs[concepts[row]]["synonym"] for row in renamed], templates
+        )
+    return renamed, swapped
 
 
 def choose_templates(

@@ -262,14 +262,10 @@ class EngineBench:
         with entry(
             self.results,
             "ceiling",
-            what="engine.encode_images on a ready uint8 batch (CPU) of max_batch",
+            what="engine.encode_images on a ready uint8 batch (CPU) of max_batch, under inference mode as run_batch",
             batch=self.max_batch,
         ) as e:
-            size = self.engine.config.vision.image_size
-            batch = torch.randint(0, 256, (self.max_batch, 3, size, size), dtype=torch.uint8)
-            timings = time_calls(
-                lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations, warmup=3
-            )
+            timings = self.time_engine_tower()
             self.ceiling = images_per_s(self.max_batch, timings)
             self.record_rate(e, self.ceiling, batch_ms=milliseconds(timings))
 
@@ -362,39 +358,50 @@ class EngineBench:
             finally:
                 sys.setswitchinterval(default)
 
-    def compile_and_time_tower(self, mode: str) -> tuple[float, list[float]]:
-        """Compile the engine's tower for max_batch, make the engine use it, and time it at that size:
-        (compile seconds, per-call seconds)."""
-        started = time.perf_counter()
-        if self.setting.dry_run:  # dynamo's capture without inductor's C++ build: the path, not the speed
-            tower = torch.compile(self.engine.eager_tower, backend="eager", dynamic=False)
-        else:
-            tower = torch.compile(self.engine.eager_tower, mode=mode, dynamic=False)
-        self.engine.use_compiled(tower, [self.max_batch])
+    def ready_batch(self) -> torch.Tensor:
+        """A batch as the batcher hands it over: max_batch random uint8 images on the CPU."""
         size = self.engine.config.vision.image_size
-        batch = torch.randint(0, 256, (self.max_batch, 3, size, size), dtype=torch.uint8)
+        return torch.randint(0, 256, (self.max_batch, 3, size, size), dtype=torch.uint8)
+
+    def time_engine_tower(self) -> list[float]:
+        """Seconds per engine.encode_images call on a ready batch, under inference mode as run_batch
+        calls it (so a compiled graph is the one batches reuse)."""
+        batch = self.ready_batch()
+        with torch.inference_mode():
+            return time_calls(
+                lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations, warmup=3
+            )
+
+    def compile_and_time_tower(self, compile_options: dict[str, Any]) -> tuple[float, list[float]]:
+        """Compile the engine's tower for max_batch, make the engine use it, and time it at that size:
+        (seconds to compile and record, per-call seconds)."""
+        started = time.perf_counter()
+        self.engine.use_compiled(
+            torch.compile(self.engine.eager_tower, dynamic=False, **compile_options), [self.max_batch]
+        )
+        batch = self.ready_batch()
         with torch.inference_mode():
             for _ in range(3):  # compile, then record the graph (reduce-overhead records on a later call)
                 self.engine.encode_images(batch)
-            self.setting.sync()
-            compile_s = round(time.perf_counter() - started, 1)
-            return compile_s, time_calls(
-                lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations
-            )
+        self.setting.sync()
+        return round(time.perf_counter() - started, 1), self.time_engine_tower()
 
     async def measure_predecoded_graphs(self) -> None:
-        mode = "reduce-overhead" if self.setting.cuda else "default"  # the dry run: backend "eager", below
+        if self.setting.dry_run:  # dynamo's capture without inductor's C++ build: the path, not the speed
+            compile_options = {"backend": "eager"}
+        else:
+            compile_options = {"mode": "reduce-overhead" if self.setting.cuda else "default"}
         with entry(
             self.results,
             "predecoded_graphs",
-            what=f"(b) with the tower compiled for batch {self.max_batch} (torch.compile mode {mode!r}: "
+            what=f"(b) with the tower compiled for batch {self.max_batch} (torch.compile {compile_options}: "
             "CUDA graphs on CUDA); other batch sizes eager",
-            compile_mode=mode,
+            compile_options=compile_options,
         ) as e:
             self.plan.budget.require(self.plan.need_s + COMPILE_NEED_S, e.key)
             # compiled, recorded and timed on the service's model thread, where batches run: CUDA graphs
             # recorded by torch.compile belong to the thread that recorded them
-            compile_s, timings = await self.service._on_model_thread(self.compile_and_time_tower, mode)
+            compile_s, timings = await self.service._on_model_thread(self.compile_and_time_tower, compile_options)
             e.record(compile_s=compile_s)
             own_ceiling = images_per_s(self.max_batch, timings)
             self.results["ceiling_graphs"] = {"images_per_s": own_ceiling, "batch_ms": milliseconds(timings)}

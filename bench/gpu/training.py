@@ -53,6 +53,12 @@ def synthetic_bundle(path: Path, recipe: Recipe, images: int = 64, concepts: int
     )
 
 
+def training_images_per_s(history: list[dict], batch_size: int) -> float:
+    """Training images per second over a run: every step's batch, over the epochs' own seconds
+    (validation and saving left out)."""
+    return round(history[-1]["step"] * batch_size / sum(entry["seconds"] for entry in history), 1)
+
+
 def main() -> None:
     parser = step_arguments(__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -77,12 +83,9 @@ def main() -> None:
     train_bundle(bundle, args.run_dir, recipe_changes, save_every=SAVE_EVERY_SECONDS)
     results["seconds"] = round(time.perf_counter() - started, 1)
     history = json.loads((args.run_dir / HISTORY_FILE).read_text())
-    images = sum(entry["step"] - previous["step"] for previous, entry in zip([{"step": 0}] + history, history))
-    images *= recipe_changes["batch_size"]
-    train_seconds = sum(entry["seconds"] for entry in history)
     results["steps"] = history[-1]["step"]
     results["epochs"] = history[-1]["epoch"]
-    results["images_per_s"] = round(images / train_seconds, 1)
+    results["images_per_s"] = training_images_per_s(history, recipe_changes["batch_size"])
     results["final"] = {key: history[-1][key] for key in ("loss", "train_accuracy", "val_top1")}
     results["val_top1_by_epoch"] = {
         entry["epoch"]: entry["val_top1"] for entry in history if entry["val_top1"] is not None

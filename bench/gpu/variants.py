@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from common import ROOT, log
-from training import BUNDLE, DRY_RUN_CHANGES, GPU_RECIPE, synthetic_bundle
+from training import BUNDLE, DRY_RUN_CHANGES, GPU_RECIPE, synthetic_bundle, training_images_per_s
 
 from model.training.loop import train_bundle
 from model.training.outputs import HISTORY_FILE, TRAINED_INDEX
@@ -66,7 +66,7 @@ def summarise(run_dir: Path, seconds: float, batch_size: int) -> dict:
         "seconds": seconds,
         "steps": last["step"],
         "epochs": last["epoch"],
-        "images_per_s": round(last["step"] * batch_size / sum(entry["seconds"] for entry in history), 1),
+        "images_per_s": training_images_per_s(history, batch_size),
         "final": {key: last.get(key) for key in ("loss", "train_accuracy", "val_top1", "val_top5", "val_loss")},
     }
 

@@ -5,9 +5,12 @@ embeddings), so ``run_batch`` can finish every request's work on the device in t
 one trip to the model thread and one wait for the device per batch, not one per request.
 
 A batch closes when it holds ``max_batch`` images or ``max_wait`` seconds after its first
-image arrived, whichever comes first. One worker runs batches, one at a time, in ``executor``
-(off the event loop). The queue is bounded in images: a request that does not fit is refused
-at once (Overloaded) rather than left to wait.
+image arrived, whichever comes first. Batches run in ``executor`` (off the event loop; the
+service's has one thread, so one at a time). While one runs there, a full batch is handed over
+behind it (up to ``in_flight`` batches in all), so the thread starts the next the moment it ends
+instead of waiting for the event loop to deliver results and gather more; a partial batch keeps
+gathering until the thread is free. The queue is bounded in images: a request that does not fit
+is refused at once (Overloaded) rather than left to wait.
 """
 
 from __future__ import annotations
@@ -24,11 +27,36 @@ import torch
 from .exceptions import NotReady, Overloaded, ShuttingDown
 
 
+class _Request:
+    """One submit call: its images' results, gathered as their batches finish, and one future
+    that the submitter awaits (one wake-up per request, however many images and batches)."""
+
+    __slots__ = ("future", "results", "remaining")
+
+    def __init__(self, future: asyncio.Future, images: int):
+        self.future = future
+        self.results: list[Any] = [None] * images
+        self.remaining = images
+
+    def deliver(self, position: int, result: Any) -> None:
+        if self.future.done():  # failed by an earlier batch, or the client went away
+            return
+        self.results[position] = result
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result(self.results)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
 @dataclass
 class _Item:
     pixels: torch.Tensor  # (3, H, W) uint8
     context: Any  # what run_batch needs besides the pixels (shared by a request's images)
-    future: asyncio.Future
+    request: _Request
+    position: int  # of the image in its request
     queued_at: float  # on the batcher's clock
 
 
@@ -44,6 +72,7 @@ class DynamicBatcher:
         on_queue: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         incoming: Callable[[], int] | None = None,
+        in_flight: int = 2,
     ):
         self.run_batch = run_batch  # (B, 3, H, W) uint8, B contexts -> B results, called in executor
         self.executor = executor
@@ -57,8 +86,11 @@ class DynamicBatcher:
         # max_wait only while some are on their way; with none, a lone request starts at once.
         # None: unknown, always wait.
         self.incoming = incoming
+        self.in_flight = in_flight  # batches handed to the executor and not finished, at most
+        self._running: set[asyncio.Task] = set()  # batches handed over, until their results are delivered
+        self._on_model_thread = 0  # batches handed over whose run_batch has not returned
         self._pending: list[_Item] = []
-        self._arrived = asyncio.Event()
+        self._changed = asyncio.Event()  # an image arrived or left the queue, or a batch came back
         self._closing = False
         self._worker: asyncio.Task | None = None
 
@@ -80,14 +112,14 @@ class DynamicBatcher:
                 f"the server is busy: {len(self._pending)} images are queued and the queue holds "
                 f"{self.max_queue}; retry shortly"
             )
-        loop = asyncio.get_running_loop()
+        request = _Request(asyncio.get_running_loop().create_future(), len(images))
         now = self.clock()
-        items = [_Item(pixels, context, loop.create_future(), now) for pixels in images]
+        items = [_Item(pixels, context, request, position, now) for position, pixels in enumerate(images)]
         self._pending.extend(items)
         self._queue_changed()
-        self._arrived.set()
+        self._changed.set()
         try:
-            return list(await asyncio.gather(*(item.future for item in items)))
+            return await request.future
         except asyncio.CancelledError:  # the client left (or the drain ended): its images leave the queue
             self._withdraw(items)
             raise
@@ -95,7 +127,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Refuse new work, run what is queued, stop the worker."""
         self._closing = True
-        self._arrived.set()
+        self._changed.set()
         if self._worker is not None:
             await self._worker
 
@@ -103,14 +135,28 @@ class DynamicBatcher:
         while True:
             if not self._pending:
                 if self._closing:
+                    if self._running:
+                        await asyncio.wait(self._running)
                     return
-                self._arrived.clear()
-                await self._arrived.wait()
+                self._changed.clear()
+                await self._changed.wait()
                 continue
             await self._fill_or_expire()
+            await self._wait_for_a_turn()
+            if not self._pending:  # withdrawn while it waited
+                continue
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             self._queue_changed()
-            await self._execute(batch)
+            self._start(batch)
+
+    async def _wait_for_a_turn(self) -> None:
+        """Returns at once while no batch is on the model thread; behind those that are, once there is
+        room (fewer than ``in_flight``) for a full batch; looks again whenever something changes."""
+        while self._on_model_thread and (
+            self._on_model_thread >= self.in_flight or len(self._pending) < self.max_batch
+        ):
+            self._changed.clear()
+            await self._changed.wait()
 
     def _withdraw(self, items: list[_Item]) -> None:
         """Takes a cancelled request's images still queued out of the queue at once: they free their
@@ -118,7 +164,7 @@ class DynamicBatcher:
         leaving = {id(item) for item in items}
         self._pending = [item for item in self._pending if id(item) not in leaving]
         self._queue_changed()
-        self._arrived.set()  # the batch being gathered looks again at what is left
+        self._changed.set()  # the batch being gathered looks again at what is left
 
     def _queue_changed(self) -> None:
         if self.on_queue is not None:
@@ -132,32 +178,47 @@ class DynamicBatcher:
             remaining = self._pending[0].queued_at + self.max_wait - self.clock()
             if remaining <= 0:
                 return
-            self._arrived.clear()
+            self._changed.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._changed.wait(), remaining)
             except asyncio.TimeoutError:
                 return
 
     def _more_expected(self) -> bool:
         return self.incoming is None or self.incoming() > 0
 
-    async def _execute(self, batch: list[_Item]) -> None:
-        batch = [item for item in batch if not item.future.done()]  # a request cancelled (drain over) has gone
+    def _start(self, batch: list[_Item]) -> None:
+        """Hands the batch to the executor now (not from a task started later: by then the requests
+        woken by the last batch would have run first), and a task delivers its results."""
+        batch = [item for item in batch if not item.request.future.done()]  # a cancelled or failed request has gone
         if not batch:
             return
         started = self.clock()
         if self.on_batch is not None:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])
         pixels = torch.stack([item.pixels for item in batch])
+        outputs = asyncio.get_running_loop().run_in_executor(
+            self.executor, self.run_batch, pixels, [item.context for item in batch]
+        )
+        self._on_model_thread += 1
+        task = asyncio.create_task(self._deliver(batch, outputs))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _deliver(self, batch: list[_Item], running: asyncio.Future) -> None:
+        outputs: Sequence[torch.Tensor] = []
+        failure: Exception | None = None
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run_batch, pixels, [item.context for item in batch]
-            )
+            outputs = await running
         except Exception as error:  # a failed batch fails its own requests, never the worker
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
+            failure = error
+        finally:
+            # before the results go out (and wake their requests): the batcher hands the model thread its
+            # next batch first, instead of after every request woken here has run
+            self._on_model_thread -= 1
+            self._changed.set()
         for item, output in zip(batch, outputs):
-            if not item.future.done():  # the client may have gone away
-                item.future.set_result(output)
+            item.request.deliver(item.position, output)
+        if failure is not None:
+            for item in batch:
+                item.request.fail(failure)

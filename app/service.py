@@ -83,6 +83,7 @@ class ZeroShotService:
             on_batch=metrics.observe_batch,
             on_queue=metrics.QUEUED.set,
             incoming=(lambda: self._decoding) if self.settings.batch_gather == "incoming" else None,
+            in_flight=self.settings.batches_in_flight,
         )
         batcher.start()
         self.state = "ready"

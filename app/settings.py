@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         description="when a batch waits: 'incoming' only while other requests' images are still decoding "
         "(a lone request starts at once), 'always' for CLIP_BATCH_WAIT_MS whatever is on its way",
     )
+    batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="most batches handed to the model thread at once: with 2, a full batch waits behind the "
+        "running one and starts the moment it ends; 1 forms the next batch only once the running one is done",
+    )
     compile: Literal["auto", "on", "off"] = Field(
         default="off",
         description="torch.compile the image tower for batches of 1, 2 and 4 images at start-up (the rest run "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -244,3 +245,50 @@ def test_with_nothing_on_its_way_a_lone_image_runs_at_once_and_otherwise_waits_f
     assert sizes == [1, 2]
     assert alone_at == 0.0 and waits[0] == [0.0]
     assert waits[1] == [10.0, 0.0] and finished_at == 10.0
+
+
+async def until(condition, seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_full_batches_queue_behind_a_running_one_up_to_in_flight_and_a_partial_one_keeps_gathering(engine, in_flight):
+    """The model thread held inside a batch (a gate in front of the real run_batch): a second full
+    batch is handed over behind it only when in_flight allows two, never a third; a partial batch
+    is not handed over at all while the thread is busy, and takes the image that fills it."""
+    gate = threading.Event()
+    started: list[int] = []  # batch sizes as the model thread starts them
+
+    def gated_run_batch(pixels, contexts):
+        started.append(len(pixels))
+        gate.wait(30)
+        return engine.run_batch(pixels, contexts)
+
+    handed_over: list[int] = []  # batch sizes as the batcher hands them to the model thread
+    images = different_images(engine, 4)
+
+    async def scenario():
+        options = dict(max_batch=2, max_wait=0.0, max_queue=8, in_flight=in_flight)
+        async with running_batcher(gated_run_batch, handed_over, **options) as batcher:
+            running = asyncio.ensure_future(batcher.submit(images[:2]))
+            await until(lambda: started == [2])
+            partial = asyncio.ensure_future(batcher.submit(images[2:3]))
+            await asyncio.sleep(0.1)
+            partial_handed_over = len(handed_over) > 1
+            filling = asyncio.ensure_future(batcher.submit(images[3:4]))
+            third = asyncio.ensure_future(batcher.submit(images[:2]))
+            await asyncio.sleep(0.1)
+            before_release = list(handed_over)
+            gate.set()
+            results = await asyncio.wait_for(asyncio.gather(running, partial, filling, third), 30)
+        return partial_handed_over, before_release, results
+
+    partial_handed_over, before_release, (first, partial, filling, third) = asyncio.run(scenario())
+    assert not partial_handed_over
+    assert before_release == [2] * in_flight  # the second (now full) batch behind the first, and no third
+    assert handed_over == [2, 2, 2]  # the image that arrived later joined the partial batch
+    assert_each_its_own(engine, images, first + partial + filling)
+    assert_each_its_own(engine, images[:2], third)

@@ -28,7 +28,7 @@ EXPECTED = {
     "MultiPartParser.on_part_begin (starlette/formparsers.py:167)": "multipart",
     "ImageFile.load (PIL/ImageFile.py:425)": "decode",
     "stack (numpy/_core/shape_base.py:465)": "decode",  # preprocess_images, on a decode thread
-    # under DynamicBatcher._execute: the batcher hands a batch to the model thread
+    # under DynamicBatcher._execute (since renamed _start): the batcher hands a batch to the model thread
     "ThreadPoolExecutor.submit (concurrent/futures/thread.py:175)": "model",
     "Linear.forward (torch/nn/modules/linear.py:134)": "model",
     "normalize_pixels (model/preprocess.py:157)": "model",  # the tower's first step, on the model thread

@@ -1,13 +1,21 @@
-"""CLIP_COMPILE: the image tower compiled with torch.compile for small batches, at start-up.
+"""CLIP_COMPILE: the image tower compiled with torch.compile at start-up, a graph per batch size
+(static shapes, ``dynamic=False``: the graph for a size is reused for every batch of that size, and
+no batch at request time can trigger a recompile).
 
-Where it pays: at small batches a forward pass of the tower is mostly per-operation overhead, which
-compiling (fused kernels, no Python between operations) removes; at large ones it is matrix
-multiplications either way. On the project's 2-core EPYC (the bundled tower, fp32, 2 threads, idle):
-batch 1 14.5 ms compiled against 22.3 ms eager (1.54x), batch 8 78 against 78 ms, batch 32 395 against
-394 ms (in bench/serve.py's ceilings of 2026-11-28 the batch-1 gain no longer stood out from the
-machine's noise, hence the default ``off``; docs/service.md). So only ``CANDIDATE_BATCH_SIZES`` are compiled, each a graph of its own (static shapes,
-``dynamic=False``: the graph for a size is reused for every batch of that size, and no batch at
-request time can trigger a recompile); every other size runs the eager tower.
+On a CPU, for small batches only (``CPU_BATCH_SIZES``), each at its exact size: at small batches a
+forward pass is mostly per-operation overhead, which compiling (fused kernels, no Python between
+operations) removes; at large ones it is matrix multiplications either way. On the project's 2-core
+EPYC (the bundled tower, fp32, 2 threads, idle): batch 1 14.5 ms compiled against 22.3 ms eager
+(1.54x), batch 8 78 against 78 ms, batch 32 395 against 394 ms (in bench/serve.py's ceilings of
+2026-11-28 the batch-1 gain no longer stood out from the machine's noise, hence the default ``off``;
+docs/service.md). Every other size runs the eager tower.
+
+On CUDA, as CUDA graphs (mode "reduce-overhead": a batch is one graph launch) for every power of two
+up to the largest batch, and the largest batch itself (``bucket_sizes``); a batch runs at the next of
+them up, padded with blank images. Why: the eager ViT-B/16 tower on an H200 spends its ~4 ms at batch
+32 launching ~200 kernels from Python, holding the interpreter lock the event loop needs for its
+per-request work, so the service ran at 0.39 of the tower alone (bench/results/gpu-h200-2026-11-28*).
+Padding costs little on a GPU, where a batch of 17 and one of 32 take about as long.
 
 The graphs are compiled (and, under ``auto``, timed against eager) on the model thread while the
 model loads, so ``/readyz`` answers 503 until they are done and no request pays for a compile.
@@ -22,6 +30,8 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,7 +40,7 @@ from .exceptions import StartupError
 
 log = logging.getLogger("app.compiling")
 
-CANDIDATE_BATCH_SIZES = (1, 2, 4)
+CPU_BATCH_SIZES = (1, 2, 4)
 # auto keeps a compiled size only when its median time is at least this much below eager's: a
 # compiled graph that merely ties costs start-up time and memory for nothing, and a noisy machine
 # must not flip the choice on a few percent
@@ -40,16 +50,38 @@ TIMING_ROUNDS = 7
 Tower = Callable[[torch.Tensor], torch.Tensor]
 
 
-def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int) -> None:
-    """Compile the engine's image tower for the candidate batch sizes up to ``max_batch`` (``on``), or
-    for those of them where compiled measures faster (``auto``), and make the engine use it for them.
-    ``off`` leaves the engine eager. Raises StartupError under ``on`` when compiling fails; under
-    ``auto`` the engine stays eager and a warning says why."""
+@dataclass(frozen=True)
+class CompilePlan:
+    batch_sizes: list[int]  # a graph each
+    options: dict[str, Any]  # torch.compile's keyword arguments besides dynamic=False
+    pad: bool  # a batch of another size runs at the next compiled size up (else eager)
+
+
+def compile_plan(device: torch.device, max_batch: int) -> CompilePlan:
+    if device.type == "cuda":
+        return CompilePlan(bucket_sizes(max_batch), {"mode": "reduce-overhead"}, pad=True)
+    return CompilePlan([size for size in CPU_BATCH_SIZES if size <= max_batch], {}, pad=False)
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, ... below ``max_batch``, then ``max_batch``: every batch is padded by less than half."""
+    sizes = [1 << power for power in range(max_batch.bit_length()) if 1 << power < max_batch]
+    return sizes + [max_batch]
+
+
+def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int, plan: CompilePlan | None = None) -> None:
+    """Compile the engine's image tower for the batch sizes of its device's plan (``compile_plan``)
+    up to ``max_batch`` (``on``), or for those of them where compiled measures faster (``auto``), and
+    make the engine use it for them. ``off`` leaves the engine eager. Raises StartupError under ``on``
+    when compiling fails; under ``auto`` the engine stays eager and a warning says why."""
     if mode == "off":
         return
-    sizes = candidate_sizes(max_batch)
-    compiled = torch.compile(engine.eager_tower, dynamic=False)
-    engine.use_compiled(compiled, sizes)
+    plan = plan or compile_plan(engine.device, max_batch)
+    sizes = plan.batch_sizes
+    # a graph per size: dynamo stops compiling a function after recompile_limit graphs (8 by default)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(sizes))
+    compiled = torch.compile(engine.eager_tower, dynamic=False, **plan.options)
+    engine.use_compiled(compiled, sizes)  # exact sizes while compiling: each call compiles its own graph
     started = time.perf_counter()
     try:
         for size in sizes:
@@ -62,8 +94,8 @@ def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int) -> None:
         reason = first_line(error)
         if mode == "on":
             raise StartupError(
-                f"CLIP_COMPILE=on but the image tower could not be compiled ({reason}). torch.compile on a "
-                f"CPU needs a C++ compiler (install g++, or point CXX at one) and a writable "
+                f"CLIP_COMPILE=on but the image tower could not be compiled ({reason}). torch.compile needs "
+                f"a C++ compiler on a CPU (install g++, or point CXX at one), Triton on CUDA, and a writable "
                 f"TORCHINDUCTOR_CACHE_DIR; or set CLIP_COMPILE=auto (eager where compiling fails) or off"
             ) from error
         log.warning("CLIP_COMPILE=auto: compiling the image tower failed (%s); serving the eager tower", reason)
@@ -77,12 +109,7 @@ def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int) -> None:
             ", ".join(f"batch {size} {eager:.1f} / {fast:.1f}" for size, (eager, fast) in timings.items()),
             f"batch sizes {sizes}" if sizes else "no batch size",
         )
-    engine.use_compiled(compiled, sizes)
-
-
-def candidate_sizes(max_batch: int) -> list[int]:
-    """The batch sizes worth compiling that a batch of at most ``max_batch`` images can have."""
-    return [size for size in CANDIDATE_BATCH_SIZES if size <= max_batch]
+    engine.use_compiled(compiled, sizes, pad=plan.pad)
 
 
 def faster_sizes(timings: dict[int, tuple[float, float]]) -> list[int]:

@@ -104,6 +104,7 @@ class ZeroShotEngine:
         self.label_sets = LabelCache(LABEL_SETS_CACHED if label_cache_size else 0)
         self.on_cache_lookup = on_cache_lookup
         self._compiled_towers: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # batch size -> tower
+        self.pads_to_compiled = False  # a batch runs at the next compiled size up (CUDA graphs), not only at its own
         log.info("loaded %s (sha256 %s) on %s as %s", self.checkpoint, self.sha256[:12], self.device, self.dtype)
 
     @property
@@ -131,17 +132,41 @@ class ZeroShotEngine:
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 -> (N, D) normalised embeddings; uint8 travels to the device, normalised there,
-        through the compiled tower where one was compiled for N images (CLIP_COMPILE), else the eager one."""
+        through a compiled tower (CLIP_COMPILE) where one was compiled for N images (or, padding, for the
+        next size up), else the eager one."""
         pixels = pixels.to(self.device, non_blocking=True)
-        return self._compiled_towers.get(len(pixels), self.eager_tower)(pixels)
+        count = len(pixels)
+        size = self._compiled_size(count)
+        if size is None:
+            return self.eager_tower(pixels)
+        # the batch a graph runs, blank images after the real ones (an image's embedding does not depend on
+        # its company), made here under inference mode whether padded or not: dynamo's guards tell an
+        # inference tensor from a plain one, and a batch made otherwise would recompile
+        batch = pixels.new_zeros(size, *pixels.shape[1:])
+        batch[:count] = pixels
+        # a new step for CUDA graphs: the output they write over on each replay is read before the next
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled_towers[size](batch)[:count]
+
+    def _compiled_size(self, count: int) -> int | None:
+        """The compiled batch size that runs ``count`` images; None: the eager tower does."""
+        if count in self._compiled_towers:
+            return count
+        if self.pads_to_compiled:
+            return min((size for size in self._compiled_towers if size > count), default=None)
+        return None
 
     def eager_tower(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 on the device -> (N, D) normalised embeddings: what app/compiling.py compiles."""
         return self.clip.encode_image(model.normalize_pixels(pixels, self.config, self.dtype))
 
-    def use_compiled(self, tower: Callable[[torch.Tensor], torch.Tensor], batch_sizes: Sequence[int]) -> None:
-        """Run batches of exactly ``batch_sizes`` images through ``tower`` (compiled for those sizes)."""
+    def use_compiled(
+        self, tower: Callable[[torch.Tensor], torch.Tensor], batch_sizes: Sequence[int], pad: bool = False
+    ) -> None:
+        """Run batches of ``batch_sizes`` images through ``tower`` (compiled for those sizes); with ``pad``,
+        a batch of another size too, padded up to the smallest of them that holds it."""
         self._compiled_towers = dict.fromkeys(batch_sizes, tower)
+        self.pads_to_compiled = pad
 
     @property
     def compiled_batch_sizes(self) -> list[int]:
@@ -227,6 +252,7 @@ class ZeroShotEngine:
             "vocab_size": self.tokenizer.vocab_size,
             "templates": list(self.templates),
             "compiled_batch_sizes": self.compiled_batch_sizes,
+            "pads_to_compiled": self.pads_to_compiled,
             "config": self.config.to_dict(),
         }
 

@@ -104,6 +104,10 @@ class ModelInfo(BaseModel):
         description="batch sizes the image tower runs compiled (CLIP_COMPILE); every other size runs eager",
         examples=[[1, 2]],
     )
+    pads_to_compiled: bool = Field(
+        description="whether a batch of another size runs compiled too, padded up to the next compiled size "
+        "(on CUDA, where the compiled tower is CUDA graphs)"
+    )
     config: dict[str, Any] = Field(description="the checkpoint's config.json")
 
 

@@ -43,9 +43,10 @@ class Settings(BaseSettings):
     )
     compile: Literal["auto", "on", "off"] = Field(
         default="off",
-        description="torch.compile the image tower for batches of 1, 2 and 4 images at start-up (the rest run "
-        "eager): 'on' compiles them (start-up fails where it cannot), 'auto' keeps each size only where it "
-        "measures faster than eager and falls back to eager with a warning where compiling fails",
+        description="torch.compile the image tower at start-up: on a CPU for batches of 1, 2 and 4 images (the "
+        "rest run eager); on CUDA as CUDA graphs for 1, 2, 4, ... images up to CLIP_MAX_BATCH, each batch padded "
+        "up to the next of them. 'on' compiles them (start-up fails where it cannot), 'auto' keeps each size "
+        "only where it measures faster than eager and falls back to eager with a warning where compiling fails",
     )
     max_queue: int = Field(default=256, ge=1, description="most images waiting for a batch; beyond it requests get 503")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body, in bytes")

@@ -16,14 +16,16 @@ Measured, each written as soon as it is measured:
   decode_only   the JPEG decode alone on those threads (no model), to tell what bounds (a).
 Each: images/s, the mean batch the batcher ran, request latency, and its ratio to the ceiling.
 
-Then two diagnoses of (b), which ran at 0.39 of the ceiling on an H200: the eager tower at
-batch 32 spends its ~4 ms launching kernels from Python, and that thread shares one interpreter
-lock with the event loop's per-request work, so the two run one after the other:
+Then diagnoses of (b), which ran at 0.39 of the ceiling on an H200 (one batch at a time then):
+the eager tower at batch 32 spends its ~4 ms launching kernels from Python, and that thread shares
+one interpreter lock with the event loop's per-request work, so the two run one after the other:
+  predecoded_one_in_flight  (b) with CLIP_BATCHES_IN_FLIGHT=1: the next batch formed only once the
+                      running one is done (the service before batches were queued behind it);
   predecoded_switch   (b) with the interpreter's switch interval at 0.1 ms instead of 5 ms, so
                       the model thread gets the lock back sooner each time it lets it go;
-  predecoded_graphs   (b) with the tower compiled for max_batch, as CUDA graphs on CUDA
-                      (torch.compile mode "reduce-overhead": one launch per batch), against its
-                      own ceiling too (ceiling_graphs).
+  predecoded_graphs   (b) served through CLIP_COMPILE's compiled tower (app/compiling.py), as CUDA
+                      graphs on CUDA (torch.compile mode "reduce-overhead": one launch per batch),
+                      at max_batch only, against its own ceiling too (ceiling_graphs).
 
 --dry-run: the tiny shape on the CPU, 64x48 JPEGs, max batch 4, a few dozen requests.
 """
@@ -63,6 +65,7 @@ from measuring import (
 )
 from PIL import Image
 
+from app.compiling import CompilePlan, compile_plan, prepare_tower
 from app.engine import ZeroShotEngine
 from app.service import ZeroShotService
 from app.settings import Settings
@@ -245,6 +248,7 @@ class EngineBench:
             "input_size": self.engine.config.vision.image_size,
             "max_batch": self.max_batch,
             "batch_wait_ms": self.service.settings.batch_wait_ms,
+            "batches_in_flight": self.service.settings.batches_in_flight,
             "decode_threads": self.threads,
             "in_flight_requests": self.pipeline.in_flight,
             "labels": len(LABELS),
@@ -344,6 +348,21 @@ class EngineBench:
     def predecoded_pixels(self) -> list[torch.Tensor]:
         return [self.engine.decode_image(data) for data in self.jpegs]
 
+    async def measure_predecoded_one_in_flight(self) -> None:
+        batcher = self.service.batcher
+        assert batcher is not None
+        with entry(
+            self.results,
+            "predecoded_one_in_flight",
+            what="(b) with CLIP_BATCHES_IN_FLIGHT=1: the next batch is formed once the running one is done",
+            batches_in_flight=1,
+        ) as e:
+            default, batcher.in_flight = batcher.in_flight, 1
+            try:
+                await self.measure_requests(e, self.predecoded_pixels(), "pixels")
+            finally:
+                batcher.in_flight = default
+
     async def measure_predecoded_fast_switch(self) -> None:
         with entry(
             self.results,
@@ -372,36 +391,35 @@ class EngineBench:
                 lambda: self.engine.encode_images(batch), self.setting, self.plan.ceiling_iterations, warmup=3
             )
 
-    def compile_and_time_tower(self, compile_options: dict[str, Any]) -> tuple[float, list[float]]:
-        """Compile the engine's tower for max_batch, make the engine use it, and time it at that size:
-        (seconds to compile and record, per-call seconds)."""
+    def compile_and_time_tower(self, plan: CompilePlan) -> tuple[float, list[float]]:
+        """CLIP_COMPILE's own start-up step (app/compiling.py prepare_tower) with ``plan``, then the
+        tower timed at max_batch: (seconds to compile and record, per-call seconds)."""
         started = time.perf_counter()
-        self.engine.use_compiled(
-            torch.compile(self.engine.eager_tower, dynamic=False, **compile_options), [self.max_batch]
-        )
-        batch = self.ready_batch()
-        with torch.inference_mode():
-            for _ in range(3):  # compile, then record the graph (reduce-overhead records on a later call)
-                self.engine.encode_images(batch)
+        prepare_tower(self.engine, "on", self.max_batch, plan)
         self.setting.sync()
         return round(time.perf_counter() - started, 1), self.time_engine_tower()
 
+    def graphs_plan(self) -> CompilePlan:
+        """CLIP_COMPILE's plan on this device, for max_batch alone (one compile, not six: the timed
+        batches are all full but the last, which is padded). The dry run: dynamo's capture without
+        inductor's C++ build, the path, not the speed."""
+        serving = compile_plan(self.engine.device, self.max_batch)
+        options = {"backend": "eager"} if self.setting.dry_run else serving.options
+        return CompilePlan([self.max_batch], options, pad=True)
+
     async def measure_predecoded_graphs(self) -> None:
-        if self.setting.dry_run:  # dynamo's capture without inductor's C++ build: the path, not the speed
-            compile_options = {"backend": "eager"}
-        else:
-            compile_options = {"mode": "reduce-overhead" if self.setting.cuda else "default"}
+        plan = self.graphs_plan()
         with entry(
             self.results,
             "predecoded_graphs",
-            what=f"(b) with the tower compiled for batch {self.max_batch} (torch.compile {compile_options}: "
-            "CUDA graphs on CUDA); other batch sizes eager",
-            compile_options=compile_options,
+            what=f"(b) served through CLIP_COMPILE's compiled tower (torch.compile {plan.options}: CUDA graphs "
+            f"on CUDA) at batch {self.max_batch}, smaller batches padded up to it",
+            compile_options=plan.options,
         ) as e:
             self.plan.budget.require(self.plan.need_s + COMPILE_NEED_S, e.key)
             # compiled, recorded and timed on the service's model thread, where batches run: CUDA graphs
             # recorded by torch.compile belong to the thread that recorded them
-            compile_s, timings = await self.service._on_model_thread(self.compile_and_time_tower, compile_options)
+            compile_s, timings = await self.service._on_model_thread(self.compile_and_time_tower, plan)
             e.record(compile_s=compile_s)
             own_ceiling = images_per_s(self.max_batch, timings)
             self.results["ceiling_graphs"] = {"images_per_s": own_ceiling, "batch_ms": milliseconds(timings)}
@@ -415,6 +433,7 @@ class EngineBench:
         await self.measure_predecoded()
         await self.measure_gpu_decode()
         self.measure_decode_only()
+        await self.measure_predecoded_one_in_flight()
         await self.measure_predecoded_fast_switch()
         await self.measure_predecoded_graphs()
 

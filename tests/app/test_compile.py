@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 
-from app.compiling import MIN_SPEED_UP, candidate_sizes, faster_sizes, prepare_tower
+from app.compiling import MIN_SPEED_UP, CompilePlan, bucket_sizes, compile_plan, faster_sizes, prepare_tower
 from app.engine import ZeroShotEngine
 
 from .server import AUTH, Server, classify, image_bytes
@@ -79,8 +79,58 @@ def test_the_compiled_tower_equals_the_eager_one_within_1e_5(compiled_engine):
         assert (embeddings - eager).abs().max().item() <= 1e-5, size
 
 
-def test_candidate_sizes_stop_at_the_largest_batch():
-    assert [candidate_sizes(max_batch) for max_batch in (1, 2, 3, 4, 32)] == [[1], [1, 2], [1, 2], [1, 2, 4], [1, 2, 4]]
+def test_a_cpu_compiles_small_exact_sizes_up_to_the_largest_batch():
+    cpu = torch.device("cpu")
+    plans = [compile_plan(cpu, max_batch) for max_batch in (1, 2, 3, 4, 32)]
+    assert [plan.batch_sizes for plan in plans] == [[1], [1, 2], [1, 2], [1, 2, 4], [1, 2, 4]]
+    assert not any(plan.pad for plan in plans) and all(plan.options == {} for plan in plans)
+
+
+def test_cuda_compiles_cuda_graphs_for_powers_of_two_and_the_largest_batch():
+    plan = compile_plan(torch.device("cuda"), 32)
+    assert plan == CompilePlan([1, 2, 4, 8, 16, 32], {"mode": "reduce-overhead"}, pad=True)
+    # the largest batch closes the list whether or not it is a power of two
+    assert [bucket_sizes(max_batch) for max_batch in (1, 2, 3, 24, 33)] == [
+        [1],
+        [1, 2],
+        [1, 2, 3],
+        [1, 2, 4, 8, 16, 24],
+        [1, 2, 4, 8, 16, 32, 33],
+    ]
+
+
+def test_padded_batches_run_compiled_at_the_next_size_up_and_equal_eager(tiny_checkpoint):
+    """CUDA's plan (padding to the next compiled size) on the CPU, with a dynamo backend that runs the
+    captured graph as it is and notes its batch size: the path, not the speed (CUDA graphs need a GPU: tests/app/test_cuda.py runs them there). Dynamo
+    refusing to recompile is the witness that every batch ran one of the graphs made at start-up."""
+    ran_at: list[int] = []  # the batch size each run of a compiled graph was given
+
+    def recording_backend(graph: torch.fx.GraphModule, example_inputs):
+        def run(*inputs):
+            [pixels] = [tensor for tensor in inputs if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.uint8]
+            ran_at.append(len(pixels))
+            return graph(*inputs)
+
+        return run
+
+    engine = ZeroShotEngine(tiny_checkpoint, device="cpu")
+    prepare_tower(engine, "on", max_batch=5, plan=CompilePlan([2, 4], {"backend": recording_backend}, pad=True))
+    assert engine.compiled_batch_sizes == [2, 4] and engine.pads_to_compiled
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for size, next_size_up in ((1, 2), (2, 2), (3, 4), (4, 4)):
+                pixels = random_pixels(size, seed=20 + size)
+                ran_at.clear()
+                embeddings, compiled = ran_compiled(engine, pixels)
+                assert compiled and ran_at == [next_size_up], f"batch {size} ran at {ran_at}"
+                with torch.inference_mode():
+                    eager = engine.eager_tower(pixels)
+                assert embeddings.shape == eager.shape, size
+                assert (embeddings - eager).abs().max().item() <= 1e-5, size
+            # beyond the largest compiled size: eager (the batcher never makes one)
+            assert not ran_compiled(engine, random_pixels(5, seed=25))[1]
+    finally:
+        torch._dynamo.reset()
 
 
 def test_auto_keeps_a_size_only_when_compiled_is_faster_by_the_margin():

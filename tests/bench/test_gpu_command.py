@@ -63,10 +63,11 @@ def test_the_training_step_trained_the_gpu_recipes_tower(dry_run):
     assert figures["steps"] >= 1 and figures["final"]["val_top1"] is not None
 
 
-def test_the_engine_step_measures_both_diagnoses_of_the_predecoded_path(dry_run):
+def test_the_engine_step_measures_the_diagnoses_of_the_predecoded_path(dry_run):
     figures = json.loads((dry_run / "results.json").read_text())["steps"]["engine"]["figures"]
-    for key in ("ceiling", "predecoded", "predecoded_switch", "predecoded_graphs"):
+    for key in ("ceiling", "predecoded", "predecoded_one_in_flight", "predecoded_switch", "predecoded_graphs"):
         assert figures["images_per_s"][key] > 0, key
+    assert figures["setup"]["batches_in_flight"] == 2 and figures["predecoded_one_in_flight"]["batches_in_flight"] == 1
     assert figures["predecoded_switch"]["switch_interval_s"] == 1e-4
     graphs = figures["predecoded_graphs"]
     assert graphs["compile_options"] == {"backend": "eager"}  # the dry run: the path, no C++ build

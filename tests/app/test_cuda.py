@@ -181,21 +181,20 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
 
 
 def test_cuda_graphs_serve_every_batch_size_padded_and_equal_eager(tmp_path_factory, cuda_device):
-    """CLIP_COMPILE on CUDA: CUDA graphs (torch.compile "reduce-overhead") for batches of 1, 2 and 4,
-    a batch of 3 padded to 4; each as the eager tower computes it, and no batch compiles anew. At
-    the tiny shape (three compiles of ViT-B/16 would take this step's minute); on the CPU stand-in
-    with dynamo's eager backend: the padding path, not the graphs."""
+    """CLIP_COMPILE on CUDA: CUDA graphs (CUDA's plan: torch.compile "reduce-overhead", padding) for
+    batches of 2 and 4, batches of 1 and 3 padded up to them; each as the eager tower computes it,
+    and no batch compiles anew. Two sizes at the tiny shape: each compile costs seconds of this
+    step's minute. On the CPU stand-in, dynamo's eager backend: the padding path, not the graphs."""
     checkpoint = random_checkpoint(tmp_path_factory.mktemp("graphs-ckpt"), TINY_SHAPE)
     engine = make_engine(checkpoint, cuda_device, "bfloat16")
-    plan = compile_plan(torch.device("cuda"), max_batch=4)
-    if cuda_device.type != "cuda":
-        plan = CompilePlan(plan.batch_sizes, {"backend": "eager"}, plan.pad)
-    prepare_tower(engine, "on", max_batch=4, plan=plan)
-    assert engine.compiled_batch_sizes == [1, 2, 4] and engine.pads_to_compiled
+    cuda_plan = compile_plan(torch.device("cuda"), max_batch=4)
+    options = cuda_plan.options if cuda_device.type == "cuda" else {"backend": "eager"}
+    prepare_tower(engine, "on", max_batch=4, plan=CompilePlan([2, 4], options, cuda_plan.pad))
+    assert engine.compiled_batch_sizes == [2, 4] and engine.pads_to_compiled
     images = distinct_images(4, engine.config.vision.image_size, seed=3)
     try:
         with torch._dynamo.config.patch(error_on_recompile=True):
-            for size in (4, 3, 1, 2, 3):  # back and forth between the graphs
+            for size in (4, 3, 1, 2, 3):  # back and forth between the graphs, padded and not
                 graphs = engine.encode_images(images[:size])
                 assert graphs.shape == (size, engine.config.embed_dim)
                 gap = 1 - cosine(graphs, engine.eager_tower(images[:size].to(cuda_device)))

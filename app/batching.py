@@ -112,6 +112,8 @@ class DynamicBatcher:
                 f"the server is busy: {len(self._pending)} images are queued and the queue holds "
                 f"{self.max_queue}; retry shortly"
             )
+        if not images:
+            return []
         request = _Request(asyncio.get_running_loop().create_future(), len(images))
         now = self.clock()
         items = [_Item(pixels, context, request, position, now) for position, pixels in enumerate(images)]
@@ -196,10 +198,15 @@ class DynamicBatcher:
         started = self.clock()
         if self.on_batch is not None:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])
-        pixels = torch.stack([item.pixels for item in batch])
-        outputs = asyncio.get_running_loop().run_in_executor(
-            self.executor, self.run_batch, pixels, [item.context for item in batch]
-        )
+        try:
+            pixels = torch.stack([item.pixels for item in batch])
+            outputs = asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run_batch, pixels, [item.context for item in batch]
+            )
+        except Exception as error:  # e.g. an executor already shut down: this batch fails, the worker goes on
+            for item in batch:
+                item.request.fail(error)
+            return
         self._on_model_thread += 1
         task = asyncio.create_task(self._deliver(batch, outputs))
         self._running.add(task)
@@ -210,8 +217,11 @@ class DynamicBatcher:
         failure: Exception | None = None
         try:
             outputs = await running
+            if len(outputs) != len(batch):  # zip would drop the rest, and their requests wait forever
+                raise RuntimeError(f"run_batch returned {len(outputs)} results for a batch of {len(batch)} images")
         except Exception as error:  # a failed batch fails its own requests, never the worker
             failure = error
+            outputs = []
         finally:
             # before the results go out (and wake their requests): the batcher hands the model thread its
             # next batch first, instead of after every request woken here has run

@@ -46,6 +46,7 @@ CPU_BATCH_SIZES = (1, 2, 4)
 # must not flip the choice on a few percent
 MIN_SPEED_UP = 1.05
 TIMING_ROUNDS = 7
+CALLS_TO_RECORD = 3  # per size at start-up: compile, then (CUDA graphs) a warm-up run and the recording
 
 Tower = Callable[[torch.Tensor], torch.Tensor]
 
@@ -78,16 +79,20 @@ def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int, plan: Compi
         return
     plan = plan or compile_plan(engine.device, max_batch)
     sizes = plan.batch_sizes
-    # a graph per size: dynamo stops compiling a function after recompile_limit graphs (8 by default)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(sizes))
+    # a graph per size: dynamo stops compiling a function after recompile_limit graphs (8 by default) and
+    # silently runs it eager from then on; room for these sizes on top of any graphs compiled before
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(sizes) + 8)
     compiled = torch.compile(engine.eager_tower, dynamic=False, **plan.options)
     engine.use_compiled(compiled, sizes)  # exact sizes while compiling: each call compiles its own graph
     started = time.perf_counter()
     try:
         for size in sizes:
             # through the request path, with input made as a request's is: the graph compiled here is the
-            # one requests reuse (dynamo's guards tell an inference tensor from a plain one, for one)
-            engine.encode_images(blank_pixels(size, engine.config.vision.image_size))
+            # one requests reuse (dynamo's guards tell an inference tensor from a plain one, for one).
+            # Called CALLS_TO_RECORD times: CUDA graph trees run a graph's first call uncaptured and
+            # record it on a later one, which must not be a request's
+            for _ in range(CALLS_TO_RECORD):
+                engine.encode_images(blank_pixels(size, engine.config.vision.image_size))
     except Exception as error:
         engine.use_compiled(compiled, [])
         torch._dynamo.reset()  # drop what the failed attempt left behind
@@ -103,7 +108,7 @@ def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int, plan: Compi
     log.info("compiled the image tower for batch sizes %s in %.1f s", sizes, time.perf_counter() - started)
     if mode == "auto":
         timings = {size: time_towers(engine, compiled, size) for size in sizes}
-        sizes = faster_sizes(timings)
+        sizes = kept_sizes(timings, plan.pad)
         log.info(
             "CLIP_COMPILE=auto: median ms eager / compiled: %s; compiled for %s, eager for the rest",
             ", ".join(f"batch {size} {eager:.1f} / {fast:.1f}" for size, (eager, fast) in timings.items()),
@@ -115,6 +120,14 @@ def prepare_tower(engine: ZeroShotEngine, mode: str, max_batch: int, plan: Compi
 def faster_sizes(timings: dict[int, tuple[float, float]]) -> list[int]:
     """The batch sizes whose (eager, compiled) times show compiled at least MIN_SPEED_UP faster."""
     return [size for size, (eager, compiled) in timings.items() if eager / compiled >= MIN_SPEED_UP]
+
+
+def kept_sizes(timings: dict[int, tuple[float, float]], pad: bool) -> list[int]:
+    """What ``auto`` keeps compiled: the faster sizes; when batches are padded, all of them or none (a
+    batch runs at the next compiled size up, so with a size dropped, the batches padding would have
+    sent there would run a larger graph, never timed against eager at their own size)."""
+    faster = faster_sizes(timings)
+    return [] if pad and len(faster) < len(timings) else faster
 
 
 def time_towers(engine: ZeroShotEngine, compiled: Tower, size: int) -> tuple[float, float]:

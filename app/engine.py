@@ -133,7 +133,8 @@ class ZeroShotEngine:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 -> (N, D) normalised embeddings; uint8 travels to the device, normalised there,
         through a compiled tower (CLIP_COMPILE) where one was compiled for N images (or, padding, for the
-        next size up), else the eager one."""
+        next size up), else the eager one. Compiled as CUDA graphs, the result is a view of the graph's
+        output buffer, which the next call on this thread overwrites: read or copy it before then."""
         pixels = pixels.to(self.device, non_blocking=True)
         count = len(pixels)
         size = self._compiled_size(count)

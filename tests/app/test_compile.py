@@ -13,7 +13,15 @@ import httpx
 import pytest
 import torch
 
-from app.compiling import MIN_SPEED_UP, CompilePlan, bucket_sizes, compile_plan, faster_sizes, prepare_tower
+from app.compiling import (
+    MIN_SPEED_UP,
+    CompilePlan,
+    bucket_sizes,
+    compile_plan,
+    faster_sizes,
+    kept_sizes,
+    prepare_tower,
+)
 from app.engine import ZeroShotEngine
 
 from .server import AUTH, Server, classify, image_bytes
@@ -137,6 +145,14 @@ def test_auto_keeps_a_size_only_when_compiled_is_faster_by_the_margin():
     assert MIN_SPEED_UP == 1.05
     timings = {1: (22.3, 14.5), 2: (21.0, 20.0), 4: (20.99, 20.0), 8: (78.0, 78.0), 16: (10.0, 12.0)}
     assert faster_sizes(timings) == [1, 2]
+
+
+def test_auto_with_padding_keeps_every_size_or_none():
+    all_faster = {1: (3.9, 0.7), 2: (3.9, 0.8), 4: (4.0, 0.9)}
+    assert kept_sizes(all_faster, pad=True) == [1, 2, 4]
+    one_tie = {**all_faster, 2: (3.9, 3.8)}  # batches of 2 would otherwise run the graph for 4, never timed
+    assert kept_sizes(one_tie, pad=True) == []
+    assert kept_sizes(one_tie, pad=False) == [1, 4]  # exact sizes only: each stands on its own timing
 
 
 def test_auto_measures_each_size_and_says_what_it_chose(tiny_checkpoint, caplog):

@@ -292,3 +292,38 @@ def test_full_batches_queue_behind_a_running_one_up_to_in_flight_and_a_partial_o
     assert handed_over == [2, 2, 2]  # the image that arrived later joined the partial batch
     assert_each_its_own(engine, images, first + partial + filling)
     assert_each_its_own(engine, images[:2], third)
+
+
+def test_a_batch_that_cannot_be_handed_over_or_comes_back_short_fails_its_requests_and_the_batcher_goes_on(engine):
+    """Images that cannot be stacked (two sizes in one batch), and a run_batch that returns one result
+    too few: those requests get the error; a request after each is served; an empty one returns [].
+    (Batches close at 2 images, or after 30 s: every batch here is full.)"""
+    sizes: list[int] = []
+    images = different_images(engine, 2)
+    smaller = images[0][:, :16, :16].contiguous()
+    short_by_one = {"on": False}
+
+    def run_batch(pixels, contexts):
+        results = engine.run_batch(pixels, contexts)
+        return results[:-1] if short_by_one["on"] else results
+
+    def within_10_s(*submissions):  # a request left waiting forever fails the test, not hangs it
+        return asyncio.wait_for(asyncio.gather(*submissions, return_exceptions=True), 10)
+
+    async def scenario():
+        async with running_batcher(run_batch, sizes, max_batch=2, max_wait=30, max_queue=4) as batcher:
+            mismatched = await within_10_s(batcher.submit(images[:1]), batcher.submit([smaller]))
+            [after_mismatch] = await within_10_s(batcher.submit(images))
+            short_by_one["on"] = True
+            [short] = await within_10_s(batcher.submit(images))
+            short_by_one["on"] = False
+            [after_short] = await within_10_s(batcher.submit(images))
+            [empty] = await within_10_s(batcher.submit([]))
+            return mismatched, after_mismatch, short, after_short, empty
+
+    mismatched, after_mismatch, short, after_short, empty = asyncio.run(scenario())
+    assert all(isinstance(error, RuntimeError) for error in mismatched), mismatched
+    assert isinstance(short, RuntimeError) and "returned 1 results for a batch of 2 images" in str(short)
+    assert_each_its_own(engine, images, after_mismatch)
+    assert_each_its_own(engine, images, after_short)
+    assert empty == []

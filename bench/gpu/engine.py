@@ -20,7 +20,8 @@ Then diagnoses of (b), which ran at 0.39 of the ceiling on an H200 (one batch at
 the eager tower at batch 32 spends its ~4 ms launching kernels from Python, and that thread shares
 one interpreter lock with the event loop's per-request work, so the two run one after the other:
   predecoded_one_in_flight  (b) with CLIP_BATCHES_IN_FLIGHT=1: the next batch formed only once the
-                      running one is done (the service before batches were queued behind it);
+                      running one is done (one batch at a time, though not the old service exactly:
+                      bench/results/batching-cpu-2026-11-28.md);
   predecoded_switch   (b) with the interpreter's switch interval at 0.1 ms instead of 5 ms, so
                       the model thread gets the lock back sooner each time it lets it go;
   predecoded_graphs   (b) served through CLIP_COMPILE's compiled tower (app/compiling.py), as CUDA

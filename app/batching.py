@@ -6,11 +6,16 @@ one trip to the model thread and one wait for the device per batch, not one per 
 
 A batch closes when it holds ``max_batch`` images or ``max_wait`` seconds after its first
 image arrived, whichever comes first. Batches run in ``executor`` (off the event loop; the
-service's has one thread, so one at a time). While one runs there, a full batch is handed over
-behind it (up to ``in_flight`` batches in all), so the thread starts the next the moment it ends
-instead of waiting for the event loop to deliver results and gather more; a partial batch keeps
-gathering until the thread is free. The queue is bounded in images: a request that does not fit
-is refused at once (Overloaded) rather than left to wait.
+service's has one thread, so one at a time). Given ``finish_batch``, what ``run_batch`` returns
+goes straight on to ``finish_batch`` in ``finisher`` (another thread): the model thread queues a
+batch's work on the device and takes the next while the finisher waits for the last one's
+results and splits them per image, so a GPU is handed its next batch before it runs dry.
+
+Up to ``in_flight`` batches are unfinished (handed over, results not back) at once: while one
+runs, a full batch is handed over behind it, so it starts the moment the first ends instead of
+waiting for the event loop to deliver results and gather more; a partial batch keeps gathering
+until nothing is unfinished. The queue is bounded in images: a request that does not fit is
+refused at once (Overloaded) rather than left to wait.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +68,7 @@ class _Item:
 class DynamicBatcher:
     def __init__(
         self,
-        run_batch: Callable[[torch.Tensor, list[Any]], Sequence[torch.Tensor]],
+        run_batch: Callable[[torch.Tensor, list[Any]], Any],
         executor: Executor,
         max_batch: int,
         max_wait: float,
@@ -73,8 +78,15 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.perf_counter,
         incoming: Callable[[], int] | None = None,
         in_flight: int = 2,
+        finish_batch: Callable[[Any], Sequence[Any]] | None = None,
+        finisher: Executor | None = None,
     ):
-        self.run_batch = run_batch  # (B, 3, H, W) uint8, B contexts -> B results, called in executor
+        # (B, 3, H, W) uint8, B contexts -> B results, or what finish_batch turns into them; in executor
+        self.run_batch = run_batch
+        self.finish_batch = finish_batch  # run_batch's result -> B results, in finisher
+        self.finisher = finisher
+        if (finish_batch is None) != (finisher is None):
+            raise ValueError("finish_batch and finisher go together: give both or neither")
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -86,9 +98,9 @@ class DynamicBatcher:
         # max_wait only while some are on their way; with none, a lone request starts at once.
         # None: unknown, always wait.
         self.incoming = incoming
-        self.in_flight = in_flight  # batches handed to the executor and not finished, at most
+        self.in_flight = in_flight  # batches handed to the executor and not finished (results back), at most
         self._running: set[asyncio.Task] = set()  # batches handed over, until their results are delivered
-        self._on_model_thread = 0  # batches handed over whose run_batch has not returned
+        self._unfinished = 0  # batches handed over whose results are not back yet
         self._pending: list[_Item] = []
         self._changed = asyncio.Event()  # an image arrived or left the queue, or a batch came back
         self._closing = False
@@ -152,11 +164,9 @@ class DynamicBatcher:
             self._start(batch)
 
     async def _wait_for_a_turn(self) -> None:
-        """Returns at once while no batch is on the model thread; behind those that are, once there is
-        room (fewer than ``in_flight``) for a full batch; looks again whenever something changes."""
-        while self._on_model_thread and (
-            self._on_model_thread >= self.in_flight or len(self._pending) < self.max_batch
-        ):
+        """Returns at once while no batch is unfinished; behind those that are, once there is room
+        (fewer than ``in_flight``) for a full batch; looks again whenever something changes."""
+        while self._unfinished and (self._unfinished >= self.in_flight or len(self._pending) < self.max_batch):
             self._changed.clear()
             await self._changed.wait()
 
@@ -198,25 +208,45 @@ class DynamicBatcher:
         started = self.clock()
         if self.on_batch is not None:
             self.on_batch(len(batch), [started - item.queued_at for item in batch])
+        outcome: Future = Future()  # the batch's results, set by whichever thread finishes it
         try:
             pixels = torch.stack([item.pixels for item in batch])
-            outputs = asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run_batch, pixels, [item.context for item in batch]
-            )
+            self.executor.submit(self._run_batch, pixels, [item.context for item in batch], outcome)
         except Exception as error:  # e.g. an executor already shut down: this batch fails, the worker goes on
             for item in batch:
                 item.request.fail(error)
             return
-        self._on_model_thread += 1
-        task = asyncio.create_task(self._deliver(batch, outputs))
+        self._unfinished += 1
+        task = asyncio.create_task(self._deliver(batch, asyncio.wrap_future(outcome)))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _deliver(self, batch: list[_Item], running: asyncio.Future) -> None:
+    def _run_batch(self, pixels: torch.Tensor, contexts: list[Any], outcome: Future) -> None:
+        """On the model thread: run_batch, then its result handed on to finish_batch in the finisher
+        from here (not by way of the event loop, which may be busy) while this thread takes the next."""
+        if not outcome.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.run_batch(pixels, contexts)
+            if self.finisher is None:
+                outcome.set_result(result)
+            else:
+                self.finisher.submit(self._finish, result, outcome)
+        except BaseException as error:  # the batch fails, not this thread
+            outcome.set_exception(error)
+
+    def _finish(self, result: Any, outcome: Future) -> None:
+        assert self.finish_batch is not None  # checked with finisher in __init__
+        try:
+            outcome.set_result(self.finish_batch(result))
+        except BaseException as error:
+            outcome.set_exception(error)
+
+    async def _deliver(self, batch: list[_Item], outcome: asyncio.Future) -> None:
         outputs: Sequence[torch.Tensor] = []
         failure: Exception | None = None
         try:
-            outputs = await running
+            outputs = await outcome
             if len(outputs) != len(batch):  # zip would drop the rest, and their requests wait forever
                 raise RuntimeError(f"run_batch returned {len(outputs)} results for a batch of {len(batch)} images")
         except Exception as error:  # a failed batch fails its own requests, never the worker
@@ -225,7 +255,7 @@ class DynamicBatcher:
         finally:
             # before the results go out (and wake their requests): the batcher hands the model thread its
             # next batch first, instead of after every request woken here has run
-            self._on_model_thread -= 1
+            self._unfinished -= 1
             self._changed.set()
         for item, output in zip(batch, outputs):
             item.request.deliver(item.position, output)

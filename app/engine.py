@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -79,6 +80,23 @@ class LabelScore:
     logit: float
 
 
+class DeviceEvent(Protocol):
+    """torch.cuda.Event, as finish_batch uses it."""
+
+    def synchronize(self) -> None: ...
+
+
+@dataclass
+class StartedBatch:
+    """A batch whose device work is queued (ZeroShotEngine.start_batch), for finish_batch."""
+
+    class_keys: list[int | None]  # per image: id() of its class set, None for an embedding
+    columns: dict[int, slice]  # each class set's columns of ``logits``, keyed by id()
+    logits: torch.Tensor | None  # (B, all the sets' classes) on the CPU, once ``ready``
+    vectors: torch.Tensor | None  # (B, D) embeddings on the CPU, once ``ready``; None if no image asks
+    ready: DeviceEvent | None  # recorded after the copies to the CPU; None where they are synchronous
+
+
 class ZeroShotEngine:
     def __init__(
         self,
@@ -135,6 +153,8 @@ class ZeroShotEngine:
         through a compiled tower (CLIP_COMPILE) where one was compiled for N images (or, padding, for the
         next size up), else the eager one. Compiled as CUDA graphs, the result is a view of the graph's
         output buffer, which the next call on this thread overwrites: read or copy it before then."""
+        if self.device.type == "cuda" and pixels.device.type == "cpu":
+            pixels = pixels.pin_memory()  # from pinned memory the copy is queued; from pageable, it waits for the GPU
         pixels = pixels.to(self.device, non_blocking=True)
         count = len(pixels)
         size = self._compiled_size(count)
@@ -220,22 +240,48 @@ class ZeroShotEngine:
         return temperature * image_embeddings.float() @ class_embeddings.float().t()
 
     @torch.inference_mode()
-    def run_batch(self, pixels: torch.Tensor, class_sets: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-        """(B, 3, H, W) uint8 from several requests and, per image, its request's (C, D) class
-        embeddings or None -> per image, its logits row (C,) or, without classes, its embedding (D,),
-        float32 on the CPU. After the forward pass, a handful of device operations whatever the
-        number of requests: every image against every distinct class set in one product, each image
-        then keeping its own set's columns. One wait for the device per batch."""
+    def start_batch(self, pixels: torch.Tensor, class_sets: Sequence[torch.Tensor | None]) -> StartedBatch:
+        """The device's part of a batch, on the model thread: (B, 3, H, W) uint8 from several requests
+        and, per image, its request's (C, D) class embeddings or None -> the batch's logits against
+        every distinct class set in one product (or its embeddings), float32, on their way to the CPU.
+        Returns without waiting for the device, so the model thread can start the next batch while
+        ``finish_batch`` (another thread) waits for this one's results and splits them into rows."""
         embeddings = self.encode_images(pixels)
-        distinct = list({id(classes): classes for classes in class_sets if classes is not None}.values())
-        columns = _column_ranges(distinct)
-        unused = torch.empty(0)  # stands in for a result no image of this batch reads
-        logits = self._device_logits(embeddings, torch.cat(distinct)).cpu() if distinct else unused
-        vectors = embeddings.float().cpu() if any(classes is None for classes in class_sets) else unused
-        return [
-            vectors[image] if classes is None else logits[image, columns[id(classes)]]
-            for image, classes in enumerate(class_sets)
-        ]
+        distinct = {id(classes): classes for classes in class_sets if classes is not None}
+        logits = vectors = None
+        if distinct:
+            logits = self._device_logits(embeddings, torch.cat(list(distinct.values())))
+            logits = logits.to("cpu", non_blocking=True)  # into pinned memory from a GPU; a no-op on the CPU
+        if any(classes is None for classes in class_sets):
+            vectors = embeddings.float().to("cpu", non_blocking=True)
+        keys = [None if classes is None else id(classes) for classes in class_sets]
+        return StartedBatch(keys, _column_ranges(list(distinct.values())), logits, vectors, self.record_ready())
+
+    def record_ready(self) -> DeviceEvent | None:
+        """What finish_batch waits on for the device work queued so far on this thread (the copies to
+        the CPU included): a CUDA event, or None on the CPU, where that work is already done."""
+        if self.device.type != "cuda":
+            return None
+        ready = torch.cuda.Event()
+        ready.record()
+        return ready
+
+    def finish_batch(self, started: StartedBatch) -> list[torch.Tensor]:
+        """Per image of a started batch, once the device is done with it: its logits row (C,) against
+        its own request's classes, or without classes its embedding (D,), float32 on the CPU."""
+        if started.ready is not None:
+            started.ready.synchronize()
+        rows: dict[int | None, tuple[torch.Tensor, ...]] = {}
+        if started.logits is not None:
+            for key, columns in started.columns.items():
+                rows[key] = started.logits[:, columns].unbind(0)
+        if started.vectors is not None:
+            rows[None] = started.vectors.unbind(0)
+        return [rows[key][image] for image, key in enumerate(started.class_keys)]
+
+    def run_batch(self, pixels: torch.Tensor, class_sets: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """start_batch then finish_batch on this thread: per image, its logits row or embedding."""
+        return self.finish_batch(self.start_batch(pixels, class_sets))
 
     def warm_up(self) -> None:
         """One tiny forward of each tower, so the first request does not pay for lazy initialisation."""

@@ -45,6 +45,8 @@ class ZeroShotService:
         self.state = "starting"
         self.failure: str | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # waits for each batch's results and splits them per image while the model thread starts the next
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
         self._decoders = FairDecoder(settings.decode_threads)
         self._decoding = 0  # images of requests still decoding: the batches they will join wait for them
         self._loading: asyncio.Task | None = None
@@ -75,7 +77,7 @@ class ZeroShotService:
                 self.on_failure()
             return
         self.batcher = batcher = DynamicBatcher(
-            self.engine.run_batch,
+            self.engine.start_batch,
             self._model_thread,
             max_batch=self.settings.max_batch,
             max_wait=self.settings.batch_wait_ms / 1000,
@@ -84,6 +86,8 @@ class ZeroShotService:
             on_queue=metrics.QUEUED.set,
             incoming=(lambda: self._decoding) if self.settings.batch_gather == "incoming" else None,
             in_flight=self.settings.batches_in_flight,
+            finish_batch=self.engine.finish_batch,
+            finisher=self._finisher,
         )
         batcher.start()
         self.state = "ready"
@@ -118,6 +122,7 @@ class ZeroShotService:
             self.state = "stopping"
             await self.batcher.close()
         self._model_thread.shutdown(wait=True)
+        self._finisher.shutdown(wait=True)
         self._decoders.shutdown()
 
     def ready_engine(self) -> ZeroShotEngine:
@@ -165,7 +170,7 @@ class ZeroShotService:
     ) -> torch.Tensor:
         """Decoded images (uint8 at the input size) -> (N, C) logits, float32 on the CPU. The labels'
         embeddings come from the cache when they are all there (no model-thread trip), and the logits
-        are computed with the batch (DynamicBatcher, ZeroShotEngine.run_batch)."""
+        are computed with the batch (DynamicBatcher, ZeroShotEngine.start_batch and finish_batch)."""
         engine = self.ready_engine()
         classes = engine.cached_label_embeddings(labels, templates)
         if classes is None:  # cached labels passed this check when they were first embedded

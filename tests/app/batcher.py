@@ -12,17 +12,21 @@ from app.batching import DynamicBatcher
 
 
 @asynccontextmanager
-async def running_batcher(run_batch, batch_sizes: list[int], queue_waits: list | None = None, **options):
+async def running_batcher(
+    run_batch, batch_sizes: list[int], queue_waits: list | None = None, finish_batch=None, **options
+):
     """Yields a started batcher whose batch sizes are appended to ``batch_sizes`` (and, given
-    ``queue_waits``, each batch's list of queue waits to it); closes it after (running what is
-    still queued)."""
+    ``queue_waits``, each batch's list of queue waits to it); given ``finish_batch``, run on a
+    finisher thread of its own, as the service does; closes it after (running what is still queued)."""
 
     def record(size: int, waits: list[float]) -> None:
         batch_sizes.append(size)
         if queue_waits is not None:
             queue_waits.append(waits)
 
-    with ThreadPoolExecutor(1) as model_thread:
+    with ThreadPoolExecutor(1) as model_thread, ThreadPoolExecutor(1) as finisher:
+        if finish_batch is not None:
+            options.update(finish_batch=finish_batch, finisher=finisher)
         batcher = DynamicBatcher(run_batch, model_thread, on_batch=record, **options)
         batcher.start()
         try:

@@ -144,7 +144,8 @@ def test_logit_scale_clamp_holds_in_bf16(tmp_path_factory, cuda_shape, cuda_devi
 
 def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
     """Requests cut across batches, some classifying against their own labels (the service's path:
-    run_batch computes their logits with the batch), one asking for embeddings only."""
+    start_batch queues their logits with the batch and its copy to the CPU, and the finisher waits for
+    the device, then splits the rows), one asking for embeddings only."""
     request_sizes = [1, 3, 2, 2]  # 8 images in batches of 3: batches cut across requests
     images = images[: sum(request_sizes)]
     requests = list(torch.split(images, request_sizes))
@@ -157,7 +158,12 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
 
     async def scenario():
         async with running_batcher(
-            bf16_engine.run_batch, batch_sizes, max_batch=3, max_wait=0.2, max_queue=8
+            bf16_engine.start_batch,
+            batch_sizes,
+            finish_batch=bf16_engine.finish_batch,
+            max_batch=3,
+            max_wait=0.2,
+            max_queue=8,
         ) as batcher:
             return await asyncio.gather(
                 *(batcher.submit(list(request), request_classes) for request, request_classes in zip(requests, classes))

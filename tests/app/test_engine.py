@@ -327,3 +327,94 @@ def test_a_batch_that_cannot_be_handed_over_or_comes_back_short_fails_its_reques
     assert_each_its_own(engine, images, after_mismatch)
     assert_each_its_own(engine, images, after_short)
     assert empty == []
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_the_model_thread_takes_the_next_batch_while_the_last_is_finished_and_in_flight_counts_until_then(
+    engine, in_flight
+):
+    """The service's split (start_batch on the model thread, finish_batch on the finisher), the
+    finisher held inside the first batch: the model thread has already started the second batch
+    when in_flight allows two, and a batch counts as in flight until it is finished, so a third is
+    not handed over (and with in_flight 1, not even the second). Each image of size-1 batches."""
+    gate = threading.Event()
+    started: list[int] = []  # batch sizes as the model thread starts them
+
+    def start_batch(pixels, contexts):
+        started.append(len(pixels))
+        return engine.start_batch(pixels, contexts)
+
+    def gated_finish_batch(batch):
+        gate.wait(30)
+        return engine.finish_batch(batch)
+
+    handed_over: list[int] = []
+    images = different_images(engine, 3)
+    classes = engine.label_embeddings(["cat", "dog"])
+
+    async def scenario():
+        options = dict(max_batch=1, max_wait=0.0, max_queue=8, in_flight=in_flight, finish_batch=gated_finish_batch)
+        async with running_batcher(start_batch, handed_over, **options) as batcher:
+            requests = [asyncio.ensure_future(batcher.submit([image], classes)) for image in images]
+            try:
+                await until(lambda: len(started) == in_flight)
+                await asyncio.sleep(0.1)  # time for a wrong third hand-over or start to show
+                while_held = list(handed_over), list(started)
+            finally:
+                gate.set()
+            results = await asyncio.wait_for(asyncio.gather(*requests), 30)
+        return while_held, results
+
+    (handed_over_while_held, started_while_held), results = asyncio.run(scenario())
+    assert handed_over_while_held == [1] * in_flight
+    assert started_while_held == [1] * in_flight
+    assert handed_over == [1, 1, 1]
+    assert_each_its_own(engine, images, [rows[0] for rows in results], classes)
+
+
+def test_finish_batch_waits_for_the_device_before_it_reads_the_results(engine, monkeypatch):
+    """On CUDA the copies to the CPU are only queued by start_batch, and finish_batch must wait on
+    the event recorded after them (record_ready) before it reads a row. A stand-in event counts
+    the waits; the rows are those run_batch computes."""
+
+    class CountingEvent:
+        waits = 0
+
+        def synchronize(self) -> None:
+            CountingEvent.waits += 1
+
+    images = torch.stack(different_images(engine, 2))
+    classes = engine.label_embeddings(["cat", "dog"])
+    expected = engine.run_batch(images, [classes, None])
+    monkeypatch.setattr(engine, "record_ready", CountingEvent)
+    started = engine.start_batch(images, [classes, None])
+    assert CountingEvent.waits == 0
+    rows = engine.finish_batch(started)
+    assert CountingEvent.waits == 1
+    for row, reference in zip(rows, expected):
+        torch.testing.assert_close(row, reference, rtol=0, atol=0)
+
+
+def test_a_batch_whose_finish_fails_fails_its_requests_and_the_batcher_goes_on(engine):
+    """finish_batch raising (on the finisher) fails that batch's requests only, with its error; the
+    next batch is served, and it counts as finished: nothing waits for a turn forever."""
+    images = different_images(engine, 2)
+    classes = engine.label_embeddings(["cat", "dog"])
+    failing = {"on": True}
+
+    def finish_batch(batch):
+        if failing["on"]:
+            raise RuntimeError("the device went away")
+        return engine.finish_batch(batch)
+
+    async def scenario():
+        options = dict(max_batch=2, max_wait=30, max_queue=4, in_flight=1, finish_batch=finish_batch)
+        async with running_batcher(engine.start_batch, [], **options) as batcher:
+            failed = await asyncio.wait_for(asyncio.gather(batcher.submit(images, classes), return_exceptions=True), 10)
+            failing["on"] = False
+            served = await asyncio.wait_for(batcher.submit(images, classes), 10)
+        return failed[0], served
+
+    failed, served = asyncio.run(asyncio.wait_for(scenario(), 20))  # a batch never finished fails, not hangs
+    assert isinstance(failed, RuntimeError) and str(failed) == "the device went away"
+    assert_each_its_own(engine, images, served, classes)

@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     batches_in_flight: int = Field(
         default=2,
         ge=1,
-        description="most batches handed to the model thread at once: with 2, a full batch waits behind the "
-        "running one and starts the moment it ends; 1 forms the next batch only once the running one is done",
+        description="most batches unfinished at once (handed to the model thread, results not back yet): with 2, "
+        "a full batch is queued behind the running one and starts the moment it ends; 1 forms the next batch only "
+        "once the last one's results are back",
     )
     compile: Literal["auto", "on", "off"] = Field(
         default="off",

@@ -1,17 +1,20 @@
 """How much of a fast device does the service's own request path leave unused? On the CPU, in one run.
 
-The service itself (app/service.py ZeroShotService: its DynamicBatcher, model thread, label cache,
-logits and result rows) serves one-image requests of pre-decoded pixels, 4 x max batch of them in
-flight, as bench/gpu/engine.py's `predecoded` does on a GPU. The one thing replaced is the image
-tower's forward pass: a stand-in that returns ready embeddings after COMPUTE ms with the interpreter
-lock released (time.sleep), as a GPU computes while the Python thread that launched CUDA graphs
-waits. What stands between the service and the stand-in's ceiling (max batch / COMPUTE) is then the
-request path alone: the event loop's work per request, the hand-overs between it and the model
-thread, and who waits for whom.
+The service itself (app/service.py ZeroShotService: its DynamicBatcher, model thread, finisher,
+label cache, logits and result rows) serves one-image requests of pre-decoded pixels, 4 x max
+batch of them in flight, as bench/gpu/engine.py's `predecoded` does on a GPU. The one thing
+replaced is the image tower: a stand-in device that takes COMPUTE ms a batch, in two kinds:
 
-Variants, interleaved over rounds (medians): CLIP_BATCHES_IN_FLIGHT=1 (the next batch is formed
-once the running one is done) and 2 (a full batch waits behind the running one), each also with
-the interpreter's switch interval at 0.1 ms instead of 5 ms.
+  async  a GPU running CUDA graphs as the host sees it: a batch's work is queued at once (the call
+         returns ready embeddings), the device runs queued batches one after another, and waiting
+         for a batch's results (the finisher's event) sleeps until the device is done with it;
+  sync   a device whose every call returns only when its batch is done (time.sleep, the
+         interpreter lock released all the while): the model thread waits inside each call.
+
+What stands between the service and the device's ceiling (max batch / COMPUTE) is then the request
+path alone: the event loop's work per request, the hand-overs between it, the model thread and the
+finisher, and who waits for whom. Variants, interleaved over rounds (medians): each kind of device
+with CLIP_BATCHES_IN_FLIGHT=1 and 2.
 
     python bench/batching.py                       # 3 ms a batch of 32: a 10,667 images/s device
     python bench/batching.py --compute-ms 1 --rounds 5 --json out.json
@@ -42,12 +45,11 @@ from engine import Pipeline, photo_like_jpegs  # noqa: E402
 from app.service import ZeroShotService  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
-FAST_SWITCH_INTERVAL = 1e-4  # seconds; CPython's default is 5e-3
-VARIANTS = {  # name: (batches in flight, switch interval)
-    "in_flight_1": (1, None),
-    "in_flight_2": (2, None),
-    "in_flight_1_fast_switch": (1, FAST_SWITCH_INTERVAL),
-    "in_flight_2_fast_switch": (2, FAST_SWITCH_INTERVAL),
+VARIANTS = {  # name: (kind of stand-in device, batches in flight)
+    "async_in_flight_1": ("async", 1),
+    "async_in_flight_2": ("async", 2),
+    "sync_in_flight_1": ("sync", 1),
+    "sync_in_flight_2": ("sync", 2),
 }
 
 
@@ -61,15 +63,52 @@ def arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def stand_in_tower(embeddings: torch.Tensor, seconds: float):
-    """engine.encode_images' replacement: the first len(pixels) ready embeddings, after ``seconds``
-    spent with the interpreter lock released."""
+class StandInDevice:
+    """Replaces engine.encode_images (and, for the async kind, engine.record_ready): the first
+    len(pixels) of ``embeddings`` (ready ones, computed once by the real tower) after ``seconds`` a
+    batch of the device's time."""
 
-    def encode_images(pixels: torch.Tensor) -> torch.Tensor:
-        time.sleep(seconds)
-        return embeddings[: len(pixels)]
+    def __init__(self, embeddings: torch.Tensor, seconds: float):
+        self.embeddings, self.seconds = embeddings, seconds
+        self.done_at = 0.0  # on time.perf_counter's clock, when the device finishes what is queued
 
-    return encode_images
+    def queue(self, pixels: torch.Tensor) -> torch.Tensor:
+        """async: the batch starts when the device is done with those queued before it; no waiting here."""
+        self.done_at = max(time.perf_counter(), self.done_at) + self.seconds
+        return self.embeddings[: len(pixels)]
+
+    def record_ready(self) -> StandInEvent:
+        return StandInEvent(self.done_at)
+
+    def run(self, pixels: torch.Tensor) -> torch.Tensor:
+        """sync: returns once the batch is done, the interpreter lock released meanwhile."""
+        time.sleep(self.seconds)
+        return self.embeddings[: len(pixels)]
+
+    def time_run(self, pixels: torch.Tensor, calls: int) -> list[float]:
+        """Seconds each of ``calls`` sync calls takes: COMPUTE, plus the host's sleep overshoot."""
+        timings = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            self.run(pixels[None])
+            timings.append(time.perf_counter() - started)
+        return timings
+
+    def attach(self, engine, kind: str) -> None:
+        if kind == "async":
+            engine.encode_images, engine.record_ready = self.queue, self.record_ready
+        else:
+            engine.encode_images, engine.record_ready = self.run, lambda: None
+
+
+class StandInEvent:
+    """torch.cuda.Event's synchronize for the async stand-in: sleeps until the device reaches it."""
+
+    def __init__(self, done_at: float):
+        self.done_at = done_at
+
+    def synchronize(self) -> None:
+        time.sleep(max(0.0, self.done_at - time.perf_counter()))
 
 
 async def measure(args: argparse.Namespace, settings: Settings) -> dict:
@@ -78,25 +117,23 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict:
     engine = await service.wait_loaded()
     pixels = engine.decode_image(photo_like_jpegs(1, (64, 48))[0])
     await service.classify_pixels([pixels], LABELS, None)  # the labels are cached from here on
-    ready = engine.encode_images(torch.stack([pixels] * args.max_batch))
-    engine.encode_images = stand_in_tower(ready, args.compute_ms / 1000)
+    device = StandInDevice(engine.encode_images(torch.stack([pixels] * args.max_batch)), args.compute_ms / 1000)
     pipeline = Pipeline(service, decoders=None, in_flight=4 * args.max_batch)
     assert service.batcher is not None
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     batches: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    default_switch = sys.getswitchinterval()
     try:
         for _ in range(args.rounds):
-            for name, (in_flight, switch) in VARIANTS.items():
+            for name, (kind, in_flight) in VARIANTS.items():
+                device.attach(engine, kind)
                 service.batcher.in_flight = in_flight
-                sys.setswitchinterval(switch or default_switch)
                 await pipeline.run([pixels] * 300, "pixels")  # warm-up
                 figures = await pipeline.run([pixels] * args.requests, "pixels")
                 rates[name].append(figures["images_per_s"])
                 batches[name].append(figures["mean_batch"])
     finally:
-        sys.setswitchinterval(default_switch)
         await service.stop()
+    sync_call_ms = statistics.median(device.time_run(pixels, 50)) * 1000
     ceiling = args.max_batch / (args.compute_ms / 1000)
     return {
         "setup": {
@@ -106,6 +143,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict:
             "requests_per_run": args.requests,
             "rounds": args.rounds,
             "ceiling_images_per_s": round(ceiling),
+            "sync_call_ms": round(sync_call_ms, 3),  # a sync call overshoots COMPUTE by the host's sleep granularity
             "torch_threads": torch.get_num_threads(),
         },
         "variants": {

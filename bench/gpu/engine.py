@@ -16,12 +16,14 @@ Measured, each written as soon as it is measured:
   decode_only   the JPEG decode alone on those threads (no model), to tell what bounds (a).
 Each: images/s, the mean batch the batcher ran, request latency, and its ratio to the ceiling.
 
-Then diagnoses of (b), which ran at 0.39 of the ceiling on an H200 (one batch at a time then):
-the eager tower at batch 32 spends its ~4 ms launching kernels from Python, and that thread shares
-one interpreter lock with the event loop's per-request work, so the two run one after the other:
+Then diagnoses of (b), which ran at 0.39 of the ceiling on an H200 (one batch at a time then, the
+model thread waiting for each batch's results): the eager tower at batch 32 spends its ~4 ms
+launching kernels from Python, and that thread shares one interpreter lock with the event loop's
+per-request work, so the two run one after the other. The service now starts a batch on the model
+thread and finishes it on another (app/batching.py), so the model thread need not wait for the GPU:
   predecoded_one_in_flight  (b) with CLIP_BATCHES_IN_FLIGHT=1: the next batch formed only once the
-                      running one is done (one batch at a time, though not the old service exactly:
-                      bench/results/batching-cpu-2026-11-28.md);
+                      last one's results are back (one batch at a time, though not the old service
+                      exactly: bench/results/batching-cpu-2026-11-28-launch-ahead.md);
   predecoded_switch   (b) with the interpreter's switch interval at 0.1 ms instead of 5 ms, so
                       the model thread gets the lock back sooner each time it lets it go;
   predecoded_graphs   (b) served through CLIP_COMPILE's compiled tower (app/compiling.py), as CUDA
@@ -185,13 +187,16 @@ class Pipeline:
         """mode "jpeg": payloads are JPEG bytes for service.classify; "pixels": uint8 tensors, or
         bytes that ``decode`` turns into them on this bench's decode threads."""
         loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(self.in_flight)
         latencies: list[float] = []
         shapes: set[tuple[int, ...]] = set()
         self.batch_sizes.clear()
+        work = iter(enumerate(payloads))
 
-        async def request(index: int, payload: Any) -> None:
-            async with slots:
+        async def client() -> None:
+            """One of ``in_flight`` clients, each sending its next request once the last is answered (as
+            a load generator's connections do), rather than a task per request: the harness's own cost
+            per request stays small beside the service's."""
+            for index, payload in work:
                 started = time.perf_counter()
                 if mode == "jpeg":
                     answer = await self.service.classify([(f"{index}.jpg", payload)], LABELS, None, top_k=1)
@@ -202,7 +207,7 @@ class Pipeline:
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(request(index, payload) for index, payload in enumerate(payloads)))
+        await asyncio.gather(*(client() for _ in range(min(self.in_flight, len(payloads)))))
         elapsed = time.perf_counter() - started
         if shapes != {(1, len(LABELS))}:
             raise RuntimeError(f"results of shapes {shapes}, expected (1, {len(LABELS)}) per request")

@@ -262,7 +262,7 @@ class ZeroShotEngine:
         the CPU included): a CUDA event, or None on the CPU, where that work is already done."""
         if self.device.type != "cuda":
             return None
-        ready = torch.cuda.Event()
+        ready = torch.cuda.Event(blocking=True)  # its waiter sleeps: a spinning one would take a core from decoding
         ready.record()
         return ready
 

@@ -13,9 +13,14 @@ from .config import VisionConfig
 
 def normalize_rgb(rgb: torch.Tensor, vision: VisionConfig) -> torch.Tensor:
     """(N, C, H, W) float RGB in [0, 1] -> the model's input: (rgb - vision.mean) / vision.std per channel."""
-    mean = torch.tensor(vision.mean, device=rgb.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(vision.std, device=rgb.device, dtype=torch.float32).view(1, -1, 1, 1)
+    mean, std = (_channel_constants(values, rgb.device) for values in (vision.mean, vision.std))
     return (rgb - mean) / std
+
+
+def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) float32 on ``device``, copied there without waiting: torch.tensor(..., device=cuda)
+    copies synchronously, which would make every batch wait for the GPU to finish the one before."""
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device, non_blocking=True)
 
 
 def over_white(rgba: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ at the tiny shape: the dry run that proves these tests' code where no GPU is (te
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -52,6 +53,32 @@ def distinct_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1)
+
+
+@contextmanager
+def never_waiting_for_the_gpu(device: torch.device):
+    """On CUDA, any operation that waits for the GPU raises within (torch.cuda.set_sync_debug_mode);
+    the CPU stand-in has no GPU to wait for, and its torch build no such mode."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def assert_starts_without_waiting(engine: ZeroShotEngine, images: torch.Tensor, device: torch.device) -> None:
+    """start_batch (the model thread's part) queues a batch without waiting for the GPU to finish the
+    one before, so the model thread can hand it the next; finish_batch's rows equal run_batch's."""
+    classes = engine.label_embeddings(LABELS)
+    contexts = [classes, None, classes][: len(images)]
+    expected = engine.run_batch(images, contexts)  # after this warm-up, no first-call allocation waits
+    with never_waiting_for_the_gpu(device):
+        started = engine.start_batch(images, contexts)
+    for row, reference in zip(engine.finish_batch(started), expected):
+        torch.testing.assert_close(row, reference, rtol=0, atol=0)
 
 
 def probabilities(engine: ZeroShotEngine, images: torch.Tensor) -> torch.Tensor:
@@ -186,10 +213,14 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
             image += 1
 
 
+def test_the_eager_tower_starts_a_batch_without_waiting_for_the_gpu(bf16_engine, images, cuda_device):
+    assert_starts_without_waiting(bf16_engine, images[:3], cuda_device)
+
+
 def test_cuda_graphs_serve_every_batch_size_padded_and_equal_eager(tmp_path_factory, cuda_device):
     """CLIP_COMPILE on CUDA: CUDA graphs (CUDA's plan: torch.compile "reduce-overhead", padding) for
     batches of 2 and 4, batches of 1 and 3 padded up to them; each as the eager tower computes it,
-    and no batch compiles anew. Two sizes at the tiny shape: each compile costs seconds of this
+    and no batch compiles anew; a batch starts without waiting for the GPU. Two sizes at the tiny shape: each compile costs seconds of this
     step's minute. On the CPU stand-in, dynamo's eager backend: the padding path, not the graphs."""
     checkpoint = random_checkpoint(tmp_path_factory.mktemp("graphs-ckpt"), TINY_SHAPE)
     engine = make_engine(checkpoint, cuda_device, "bfloat16")
@@ -205,5 +236,6 @@ def test_cuda_graphs_serve_every_batch_size_padded_and_equal_eager(tmp_path_fact
                 assert graphs.shape == (size, engine.config.embed_dim)
                 gap = 1 - cosine(graphs, engine.eager_tower(images[:size].to(cuda_device)))
                 assert gap.max().item() < BF16_COSINE_GAP, (size, gap)
+            assert_starts_without_waiting(engine, images[:3], cuda_device)  # the graphs do not wait either
     finally:
         torch._dynamo.reset()

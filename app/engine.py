@@ -247,15 +247,15 @@ class ZeroShotEngine:
         Returns without waiting for the device, so the model thread can start the next batch while
         ``finish_batch`` (another thread) waits for this one's results and splits them into rows."""
         embeddings = self.encode_images(pixels)
-        distinct = {id(classes): classes for classes in class_sets if classes is not None}
+        distinct = list({id(classes): classes for classes in class_sets if classes is not None}.values())
         logits = vectors = None
         if distinct:
-            logits = self._device_logits(embeddings, torch.cat(list(distinct.values())))
+            logits = self._device_logits(embeddings, torch.cat(distinct))
             logits = logits.to("cpu", non_blocking=True)  # into pinned memory from a GPU; a no-op on the CPU
         if any(classes is None for classes in class_sets):
             vectors = embeddings.float().to("cpu", non_blocking=True)
         keys = [None if classes is None else id(classes) for classes in class_sets]
-        return StartedBatch(keys, _column_ranges(list(distinct.values())), logits, vectors, self.record_ready())
+        return StartedBatch(keys, _column_ranges(distinct), logits, vectors, self.record_ready())
 
     def record_ready(self) -> DeviceEvent | None:
         """What finish_batch waits on for the device work queued so far on this thread (the copies to

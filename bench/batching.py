@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))  # the GPU command's steps import their siblings by name
 
-from common import LABELS, TINY_SHAPE, random_checkpoint  # noqa: E402
+from common import LABELS, TINY_SHAPE, Setting, random_checkpoint, time_calls  # noqa: E402
 from engine import Pipeline, photo_like_jpegs  # noqa: E402
 
 from app.service import ZeroShotService  # noqa: E402
@@ -85,15 +85,6 @@ class StandInDevice:
         time.sleep(self.seconds)
         return self.embeddings[: len(pixels)]
 
-    def time_run(self, pixels: torch.Tensor, calls: int) -> list[float]:
-        """Seconds each of ``calls`` sync calls takes: COMPUTE, plus the host's sleep overshoot."""
-        timings = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            self.run(pixels[None])
-            timings.append(time.perf_counter() - started)
-        return timings
-
     def attach(self, engine, kind: str) -> None:
         if kind == "async":
             engine.encode_images, engine.record_ready = self.queue, self.record_ready
@@ -133,7 +124,8 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict:
                 batches[name].append(figures["mean_batch"])
     finally:
         await service.stop()
-    sync_call_ms = statistics.median(device.time_run(pixels, 50)) * 1000
+    on_the_cpu = Setting(dry_run=False, device="cpu", shape=TINY_SHAPE)  # nothing to synchronise between calls
+    sync_call_ms = statistics.median(time_calls(lambda: device.run(pixels[None]), on_the_cpu, 50)) * 1000
     ceiling = args.max_batch / (args.compute_ms / 1000)
     return {
         "setup": {

@@ -208,7 +208,8 @@ def test_batcher_gives_concurrent_requests_their_own_rows(bf16_engine, images):
                 every_image = bf16_engine.logits(alone, request_classes)
                 distances = (every_image - row).norm(dim=1)
                 assert distances.argmin().item() == image
-                # unit vectors within the cosine gap differ by at most sqrt(2 * gap): logits by the temperature times that
+                # unit vectors within the cosine gap differ by at most sqrt(2 * gap),
+                # so logits differ by at most the temperature times that
                 assert distances[image] <= bf16_engine.clip.temperature().item() * (2 * BF16_COSINE_GAP) ** 0.5
             image += 1
 
@@ -220,8 +221,9 @@ def test_the_eager_tower_starts_a_batch_without_waiting_for_the_gpu(bf16_engine,
 def test_cuda_graphs_serve_every_batch_size_padded_and_equal_eager(tmp_path_factory, cuda_device):
     """CLIP_COMPILE on CUDA: CUDA graphs (CUDA's plan: torch.compile "reduce-overhead", padding) for
     batches of 2 and 4, batches of 1 and 3 padded up to them; each as the eager tower computes it,
-    and no batch compiles anew; a batch starts without waiting for the GPU. Two sizes at the tiny shape: each compile costs seconds of this
-    step's minute. On the CPU stand-in, dynamo's eager backend: the padding path, not the graphs."""
+    and no batch compiles anew; a batch starts without waiting for the GPU. Two sizes at the tiny
+    shape: each compile costs seconds of this step's minute. On the CPU stand-in, dynamo's eager
+    backend: the padding path, not the graphs."""
     checkpoint = random_checkpoint(tmp_path_factory.mktemp("graphs-ckpt"), TINY_SHAPE)
     engine = make_engine(checkpoint, cuda_device, "bfloat16")
     cuda_plan = compile_plan(torch.device("cuda"), max_batch=4)
